@@ -1,0 +1,36 @@
+"""metactl: adapt an RL run's hyperparameters while it trains.
+
+The flagship is TAMPO (ICLR 2026): the sampling temperature of LLM GRPO
+training treated as a learned meta-policy, scored on the rollouts the run
+already made. See ``docs/concepts.md`` for the loop::
+
+    import metactl as mc
+
+    ctl = mc.TAMPO(seed=0)                 # paper defaults: T in 0.6..1.5
+    d = ctl.sample()                       # d.value: temperature for these rollouts
+    metrics = ctl.update(mc.Counterfactual(d, loglik, advantages))
+"""
+
+from metactl.controllers.base import BaseController, Controller, Metrics
+from metactl.errors import DependencyNotInstalled
+from metactl.feedback import Counterfactual, Decision, EntropyObservation, Feedback, Outcome, Outcomes
+from metactl.spaces import Box, Discrete, Space
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseController",
+    "Box",
+    "Controller",
+    "Counterfactual",
+    "Decision",
+    "DependencyNotInstalled",
+    "Discrete",
+    "EntropyObservation",
+    "Feedback",
+    "Metrics",
+    "Outcome",
+    "Outcomes",
+    "Space",
+    "__version__",
+]

@@ -1,0 +1,247 @@
+"""The Controller protocol and the shell every built-in controller shares.
+
+A controller is a small stateful object around pure update rules::
+
+    d = ctl.sample()               # draw the arm for the next rollouts
+    metrics = ctl.update(feedback) # learn from what those rollouts showed
+    state = ctl.state_dict()       # JSON data; ctl.load_state_dict(state) restores it
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from metactl.feedback import Decision, Feedback, Outcome, Outcomes
+from metactl.spaces import Box, Discrete, Space
+
+STATE_FORMAT_VERSION = 1
+
+Metrics = dict[str, float]
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """What every metactl controller provides.
+
+    ``accepts`` lists the feedback types ``update`` can learn from, so an
+    integration builds only what the controller uses.
+    """
+
+    accepts: ClassVar[tuple[type, ...]]
+
+    @property
+    def space(self) -> Space: ...
+
+    def sample(self) -> Decision: ...
+
+    def update(self, feedback: Feedback) -> Metrics: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def make_rng(seed: int | np.random.Generator | None) -> tuple[np.random.Generator, int | None]:
+    """An owned Generator, and the entropy that seeded it (None when a Generator was given).
+
+    With ``seed=None`` fresh OS entropy is drawn and returned so that the run can
+    be reproduced by passing it back as ``seed``.
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed, None
+    if seed is not None and not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected an int, a numpy Generator or None, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed: must be non-negative, got {seed}")
+    seq = np.random.SeedSequence(None if seed is None else int(seed))
+    entropy = int(seq.entropy)  # type: ignore[arg-type]
+    return np.random.Generator(np.random.PCG64(seq)), entropy
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_jsonable(v) for v in x.tolist()]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
+def _restore_like(template: Any, value: Any) -> Any:
+    """Restore JSON ``value`` into the structure of a bit generator's ``template`` state."""
+    if isinstance(template, dict):
+        return {k: _restore_like(template[k], value[k]) for k in template}
+    if isinstance(template, np.ndarray):
+        return np.asarray(value, dtype=template.dtype)
+    return value
+
+
+class BaseController(ABC):
+    """Shared shell: owned RNG, decision bookkeeping, transactional updates, JSON state.
+
+    Subclasses implement ``_sample`` (returning value, virtual values, arm
+    coordinates), ``_update`` (mutating only their parameters), and
+    ``_params``/``_load_params`` (their JSON parameters). The shell guarantees a
+    rejected feedback leaves the state untouched.
+    """
+
+    accepts: ClassVar[tuple[type, ...]] = ()
+
+    def __init__(self, space: Space, seed: int | np.random.Generator | None) -> None:
+        if not isinstance(space, (Discrete, Box)):
+            raise TypeError(f"space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}")
+        self._space: Space = space
+        self._rng, self.seed_entropy = make_rng(seed)
+        self._id = uuid.uuid4().hex
+        self.step = 0  # decisions made
+        self.updates = 0  # feedback batches accepted
+
+    @property
+    def space(self) -> Space:
+        """The arms this controller chooses among."""
+        return self._space
+
+    # --- the public loop -------------------------------------------------
+    def sample(self) -> Decision:
+        """Propose the arm for the next rollouts (advances the owned RNG)."""
+        value, virtual, arm, virtual_arms = self._sample()
+        decision = Decision(
+            value=value, virtual=virtual, arm=arm, virtual_arms=virtual_arms, step=self.step, source=self._id
+        )
+        self.step += 1
+        return decision
+
+    def update(self, feedback: Feedback) -> Metrics:
+        """Learn from feedback on this controller's decisions; returns flat float metrics.
+
+        Raises:
+            TypeError: the controller cannot learn from this kind of feedback.
+            ValueError: the feedback belongs to another controller; state is untouched.
+        """
+        if not isinstance(feedback, self.accepts):
+            names = ", ".join(t.__name__ for t in self.accepts)
+            raise TypeError(
+                f"{type(self).__name__}.update: cannot learn from {type(feedback).__name__}; "
+                f"it accepts {names}"
+            )
+        decisions = feedback.decisions if isinstance(feedback, Outcomes) else (feedback.decision,)
+        for d in decisions:
+            if d.source != self._id:
+                raise ValueError(
+                    f"{type(self).__name__}.update: feedback.decision (step {d.step}) was made by "
+                    "another controller; pass the Decision this controller's sample() returned"
+                )
+        # Work on a copy of the parameters so that any failure leaves the state untouched.
+        saved = copy.deepcopy(self._params())
+        try:
+            metrics = self._update(feedback)
+        except Exception:
+            self._load_params(saved)
+            raise
+        self.updates += 1
+        metrics["updates"] = float(self.updates)
+        return metrics
+
+    # --- state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON data: parameters, counters, RNG state, space fingerprint, format version."""
+        bit_gen = self._rng.bit_generator
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "controller": type(self).__name__,
+            "space": self._space.to_dict(),
+            "space_fingerprint": self._space.fingerprint,
+            "step": self.step,
+            "updates": self.updates,
+            "seed_entropy": self.seed_entropy,
+            "rng": {"bit_generator": type(bit_gen).__name__, "state": _jsonable(bit_gen.state)},
+            "params": _jsonable(self._params()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; raises ``ValueError`` naming any mismatch."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict(state): expected a dict, got {type(state).__name__}")
+        missing = {"format_version", "controller", "space_fingerprint", "step", "updates", "rng", "params"} - set(
+            state
+        )
+        if missing:
+            raise ValueError(f"load_state_dict: state is missing keys {sorted(missing)}")
+        if state["format_version"] != STATE_FORMAT_VERSION:
+            raise ValueError(
+                f"load_state_dict: format_version {state['format_version']!r} is not supported "
+                f"(this metactl writes {STATE_FORMAT_VERSION})"
+            )
+        if state["controller"] != type(self).__name__:
+            raise ValueError(
+                f"load_state_dict: state was saved by {state['controller']!r}, cannot load into "
+                f"{type(self).__name__}"
+            )
+        if state["space_fingerprint"] != self._space.fingerprint:
+            raise ValueError(
+                f"load_state_dict: space mismatch: state has {state.get('space')} "
+                f"(fingerprint {state['space_fingerprint']}), this controller has "
+                f"{self._space.to_dict()} (fingerprint {self._space.fingerprint})"
+            )
+        bit_gen = self._rng.bit_generator
+        rng = state["rng"]
+        if rng.get("bit_generator") != type(bit_gen).__name__:
+            raise ValueError(
+                f"load_state_dict: rng was {rng.get('bit_generator')!r}, this controller uses "
+                f"{type(bit_gen).__name__}"
+            )
+        saved = copy.deepcopy(self._params())
+        try:
+            self._load_params(state["params"])
+            new_rng_state = _restore_like(bit_gen.state, rng["state"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._load_params(saved)
+            raise ValueError(f"load_state_dict: invalid params for {type(self).__name__}: {exc}") from exc
+        bit_gen.state = new_rng_state
+        self.step = int(state["step"])
+        self.updates = int(state["updates"])
+        self.seed_entropy = state.get("seed_entropy")
+
+    # --- subclass hooks ---------------------------------------------------------
+    @abstractmethod
+    def _sample(self) -> tuple[float, np.ndarray, float, np.ndarray]:
+        """Return (value, virtual values [M], arm coordinate, virtual arm coordinates [M])."""
+
+    @abstractmethod
+    def _update(self, feedback: Feedback) -> Metrics: ...
+
+    @abstractmethod
+    def _params(self) -> dict[str, Any]:
+        """The learnable state as a dict of JSON-able values or numpy arrays."""
+
+    @abstractmethod
+    def _load_params(self, params: Mapping[str, Any]) -> None:
+        """Set the learnable state; raise ValueError on wrong shapes."""
+
+
+def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A float array of exactly ``shape`` from saved state, or ``ValueError`` naming it."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: must be finite")
+    return arr
+
+
+def played_arms(feedback: Outcome | Outcomes) -> tuple[np.ndarray, np.ndarray]:
+    """(arm coordinates, rewards) of bandit feedback, as arrays."""
+    if isinstance(feedback, Outcome):
+        return np.array([feedback.decision.arm]), np.array([feedback.reward])
+    return np.array([d.arm for d in feedback.decisions]), np.asarray(feedback.rewards)
