@@ -11,14 +11,35 @@ already made. See ``docs/concepts.md`` for the loop::
     metrics = ctl.update(mc.Counterfactual(d, loglik, advantages))
 """
 
-from metactl.controllers.base import BaseController, Controller, Metrics
+from metactl import testing
+from metactl.controllers import (
+    PAPER_TEMPERATURES,
+    TAMPO,
+    BaseController,
+    Controller,
+    EntropyTarget,
+    Fixed,
+    MetaGradient,
+    Metrics,
+    Schedule,
+    SlidingWindowUCB,
+)
 from metactl.errors import DependencyNotInstalled
-from metactl.feedback import Counterfactual, Decision, EntropyObservation, Feedback, Outcome, Outcomes
+from metactl.feedback import (
+    Counterfactual,
+    Decision,
+    EntropyObservation,
+    Feedback,
+    Outcome,
+    Outcomes,
+)
 from metactl.spaces import Box, Discrete, Space
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PAPER_TEMPERATURES",
+    "TAMPO",
     "BaseController",
     "Box",
     "Controller",
@@ -27,10 +48,16 @@ __all__ = [
     "DependencyNotInstalled",
     "Discrete",
     "EntropyObservation",
+    "EntropyTarget",
     "Feedback",
+    "Fixed",
+    "MetaGradient",
     "Metrics",
     "Outcome",
     "Outcomes",
+    "Schedule",
+    "SlidingWindowUCB",
     "Space",
     "__version__",
+    "testing",
 ]

@@ -79,7 +79,9 @@ def _finite_array(name: str, value: ArrayLike, ndim: int) -> FloatArray:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         bad = arr[~np.isfinite(arr)]
-        raise ValueError(f"{name}: must be finite, found {bad.size} non-finite value(s) such as {bad.flat[0]}")
+        raise ValueError(
+            f"{name}: must be finite, found {bad.size} non-finite value(s) such as {bad.flat[0]}"
+        )
     return _readonly(arr)
 
 
@@ -176,7 +178,9 @@ class EntropyObservation:
         try:
             entropy = float(self.entropy)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"EntropyObservation.entropy: expected a number, got {self.entropy!r}") from exc
+            raise ValueError(
+                f"EntropyObservation.entropy: expected a number, got {self.entropy!r}"
+            ) from exc
         if not (math.isfinite(entropy) and entropy > 0):
             raise ValueError(f"EntropyObservation.entropy: must be finite and > 0, got {entropy}")
         object.__setattr__(self, "entropy", entropy)

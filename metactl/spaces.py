@@ -110,7 +110,9 @@ class Box:
         """Map unconstrained coordinates ``u`` to values inside the box."""
         u_arr = np.asarray(u, dtype=np.float64)
         # Stable sigmoid, clipped so that values stay inside [low, high] despite rounding.
-        s = np.where(u_arr >= 0, 1 / (1 + np.exp(-np.abs(u_arr))), 1 - 1 / (1 + np.exp(-np.abs(u_arr))))
+        s = np.where(
+            u_arr >= 0, 1 / (1 + np.exp(-np.abs(u_arr))), 1 - 1 / (1 + np.exp(-np.abs(u_arr)))
+        )
         y = self._a + (self._b - self._a) * s
         x = np.exp(y) if self.log else y
         return np.clip(x, self.low, self.high)

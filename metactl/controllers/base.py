@@ -56,7 +56,9 @@ def make_rng(seed: int | np.random.Generator | None) -> tuple[np.random.Generato
     if isinstance(seed, np.random.Generator):
         return seed, None
     if seed is not None and not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected an int, a numpy Generator or None, got {type(seed).__name__}")
+        raise TypeError(
+            f"seed: expected an int, a numpy Generator or None, got {type(seed).__name__}"
+        )
     if seed is not None and seed < 0:
         raise ValueError(f"seed: must be non-negative, got {seed}")
     seq = np.random.SeedSequence(None if seed is None else int(seed))
@@ -100,7 +102,9 @@ class BaseController(ABC):
 
     def __init__(self, space: Space, seed: int | np.random.Generator | None) -> None:
         if not isinstance(space, (Discrete, Box)):
-            raise TypeError(f"space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}")
+            raise TypeError(
+                f"space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}"
+            )
         self._space: Space = space
         self._rng, self.seed_entropy = make_rng(seed)
         self._id = uuid.uuid4().hex
@@ -117,7 +121,12 @@ class BaseController(ABC):
         """Propose the arm for the next rollouts (advances the owned RNG)."""
         value, virtual, arm, virtual_arms = self._sample()
         decision = Decision(
-            value=value, virtual=virtual, arm=arm, virtual_arms=virtual_arms, step=self.step, source=self._id
+            value=value,
+            virtual=virtual,
+            arm=arm,
+            virtual_arms=virtual_arms,
+            step=self.step,
+            source=self._id,
         )
         self.step += 1
         return decision
@@ -166,6 +175,7 @@ class BaseController(ABC):
             "updates": self.updates,
             "seed_entropy": self.seed_entropy,
             "rng": {"bit_generator": type(bit_gen).__name__, "state": _jsonable(bit_gen.state)},
+            "config": _jsonable(self._config()),
             "params": _jsonable(self._params()),
         }
 
@@ -173,9 +183,15 @@ class BaseController(ABC):
         """Restore a state from :meth:`state_dict`; raises ``ValueError`` naming any mismatch."""
         if not isinstance(state, Mapping):
             raise TypeError(f"load_state_dict(state): expected a dict, got {type(state).__name__}")
-        missing = {"format_version", "controller", "space_fingerprint", "step", "updates", "rng", "params"} - set(
-            state
-        )
+        missing = {
+            "format_version",
+            "controller",
+            "space_fingerprint",
+            "step",
+            "updates",
+            "rng",
+            "params",
+        } - set(state)
         if missing:
             raise ValueError(f"load_state_dict: state is missing keys {sorted(missing)}")
         if state["format_version"] != STATE_FORMAT_VERSION:
@@ -194,6 +210,18 @@ class BaseController(ABC):
                 f"(fingerprint {state['space_fingerprint']}), this controller has "
                 f"{self._space.to_dict()} (fingerprint {self._space.fingerprint})"
             )
+        config = _jsonable(self._config())
+        saved_config = state.get("config", {})
+        if saved_config != config:
+            diff = sorted(
+                k for k in set(config) | set(saved_config) if config.get(k) != saved_config.get(k)
+            )
+            raise ValueError(
+                "load_state_dict: settings differ from the saved controller's: "
+                + ", ".join(
+                    f"{k}={saved_config.get(k)!r} saved vs {config.get(k)!r} here" for k in diff
+                )
+            )
         bit_gen = self._rng.bit_generator
         rng = state["rng"]
         if rng.get("bit_generator") != type(bit_gen).__name__:
@@ -207,7 +235,9 @@ class BaseController(ABC):
             new_rng_state = _restore_like(bit_gen.state, rng["state"])
         except (KeyError, TypeError, ValueError) as exc:
             self._load_params(saved)
-            raise ValueError(f"load_state_dict: invalid params for {type(self).__name__}: {exc}") from exc
+            raise ValueError(
+                f"load_state_dict: invalid params for {type(self).__name__}: {exc}"
+            ) from exc
         bit_gen.state = new_rng_state
         self.step = int(state["step"])
         self.updates = int(state["updates"])
@@ -220,6 +250,10 @@ class BaseController(ABC):
 
     @abstractmethod
     def _update(self, feedback: Feedback) -> Metrics: ...
+
+    def _config(self) -> dict[str, Any]:
+        """Constructor settings that must match for a saved state to be loaded."""
+        return {}
 
     @abstractmethod
     def _params(self) -> dict[str, Any]:
