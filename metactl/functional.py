@@ -27,11 +27,12 @@ def sparsemax(z: FloatArray, axis: int = -1) -> FloatArray:
     tau(z) = (sum_{j<=k(z)} z_(j) - 1) / k(z)  (Martins & Astudillo, 2016).
     """
     z = np.moveaxis(np.asarray(z, dtype=np.float64), axis, -1)
-    z_sorted = -np.sort(-z, axis=-1)
-    k = np.arange(1, z.shape[-1] + 1, dtype=np.float64)
+    z_sorted = np.sort(z, axis=-1)[..., ::-1]
     cumsum = np.cumsum(z_sorted, axis=-1)
-    support = 1 + k * z_sorted > cumsum
-    k_z = np.sum(support, axis=-1, keepdims=True)  # support is a prefix, k_z >= 1
+    k = np.arange(1, z.shape[-1] + 1, dtype=np.float64)
+    k_z = np.sum(
+        k * z_sorted > cumsum - 1, axis=-1, keepdims=True
+    )  # the support is a prefix; k_z >= 1
     tau = (np.take_along_axis(cumsum, k_z - 1, axis=-1) - 1) / k_z
     return np.moveaxis(np.maximum(z - tau, 0.0), -1, axis)
 
@@ -44,8 +45,8 @@ def arm_weights(loglik: FloatArray, normaliser: Normaliser) -> FloatArray:
 
 
 def arm_advantages(weights: FloatArray, advantages: FloatArray) -> FloatArray:
-    """a_k = mean_i w_ik A_i, the batch mean of the temperature-specific advantages."""
-    return np.asarray(np.mean(weights * advantages[:, None], axis=0))
+    """a_k = (1/N) sum_i w_ik A_i, the batch mean of the temperature-specific advantages."""
+    return np.asarray(advantages @ weights / advantages.size)
 
 
 def ema(average: FloatArray, batch: FloatArray, alpha: float) -> FloatArray:
@@ -76,6 +77,13 @@ def nucleus(probs: FloatArray, top_p: float) -> FloatArray:
     if kept.sum() <= 0:  # all kept arms have probability 0 only if top_p = 0 and probs tie at 0
         kept[order[0]] = 1.0
     return np.asarray(kept / kept.sum())
+
+
+def sample_categorical(probs: FloatArray, uniform: float) -> int:
+    """Inverse-CDF draw: the first k with sum_{j<=k} p_j > uniform * sum_j p_j (uniform in [0, 1))."""
+    cdf = np.cumsum(probs)
+    k = int(np.searchsorted(cdf, uniform * cdf[-1], side="right"))
+    return min(k, probs.size - 1)  # rounding can put uniform * total at the very end
 
 
 def entropy(probs: FloatArray) -> float:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from metactl import functional as F
 from metactl.controllers.base import BaseController, Metrics, played_arms
 from metactl.controllers.tampo import arm_label
 from metactl.feedback import Counterfactual, EntropyObservation, Feedback, Outcome, Outcomes
@@ -91,7 +92,7 @@ class SlidingWindowUCB(BaseController):
 
     def _sample(self) -> tuple[float, np.ndarray, float, np.ndarray]:
         values = self.space.values
-        k = int(self._rng.choice(values.size, p=self.probs))
+        k = F.sample_categorical(self.probs, self._rng.random())
         return float(values[k]), values[k : k + 1], float(k), np.array([float(k)])
 
     def _update(self, feedback: Feedback) -> Metrics:

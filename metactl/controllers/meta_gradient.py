@@ -146,7 +146,7 @@ class MetaGradient(BaseController):
     def _sample(self) -> tuple[float, np.ndarray, float, np.ndarray]:
         if isinstance(self.space, Discrete):
             values = self.space.values
-            k = int(self._rng.choice(values.size, p=self.probs))
+            k = F.sample_categorical(self.probs, self._rng.random())
             return float(values[k]), values, float(k), np.arange(values.size, dtype=np.float64)
         mu, sigma = self._theta[0], float(np.exp(self._theta[1]))
         u_played = mu + sigma * self._rng.standard_normal()

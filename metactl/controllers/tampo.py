@@ -115,7 +115,7 @@ class TAMPO(BaseController):
 
     def _sample(self) -> tuple[float, np.ndarray, float, np.ndarray]:
         values = self.space.values
-        k = int(self._rng.choice(values.size, p=self.sampling_probs()))
+        k = F.sample_categorical(self.sampling_probs(), self._rng.random())
         return float(values[k]), values, float(k), np.arange(values.size, dtype=np.float64)
 
     def _update(self, feedback: Feedback) -> Metrics:
