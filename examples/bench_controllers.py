@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -48,9 +49,13 @@ def main(args: Args) -> None:
         "TAMPO": lambda: mc.TAMPO(grid, seed=args.seed),
         "TAMPO(softmax)": lambda: mc.TAMPO(grid, normaliser="softmax", seed=args.seed),
         "MetaGradient(Discrete)": lambda: mc.MetaGradient(grid, seed=args.seed),
-        "MetaGradient(Box)": lambda: mc.MetaGradient(mc.Box(0.3, 3.0, log=True), num_virtual=args.arms, seed=args.seed),
+        "MetaGradient(Box)": lambda: mc.MetaGradient(
+            mc.Box(0.3, 3.0, log=True), num_virtual=args.arms, seed=args.seed
+        ),
         "SlidingWindowUCB": lambda: mc.SlidingWindowUCB(grid, seed=args.seed),
-        "EntropyTarget": lambda: mc.EntropyTarget(mc.Box(0.3, 3.0), vocab_size=151936, target=1.0, seed=args.seed),
+        "EntropyTarget": lambda: mc.EntropyTarget(
+            mc.Box(0.3, 3.0), vocab_size=151936, target=1.0, seed=args.seed
+        ),
         "Fixed": lambda: mc.Fixed(1.0),
     }
     for name, make in controllers.items():
@@ -72,10 +77,15 @@ def main(args: Args) -> None:
             "feedback": feedback_type.__name__,
             "rollouts": args.rollouts if feedback_type is mc.Counterfactual else 1,
             "arms": m,
-            "update_median_us": round(median_us(lambda: ctl.update(feedback), args.repeats), 2),
+            "update_median_us": round(
+                median_us(functools.partial(ctl.update, feedback), args.repeats), 2
+            ),
             "sample_median_us": round(median_us(ctl.sample, args.repeats), 2),
             "feedback_construction_median_us": round(
-                median_us(lambda: mc.Counterfactual(d, loglik, advantages), args.repeats), 2
+                median_us(
+                    functools.partial(mc.Counterfactual, d, loglik, advantages), args.repeats
+                ),
+                2,
             )
             if feedback_type is mc.Counterfactual
             else None,
@@ -86,5 +96,7 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default
+        )
     main(Args(**vars(parser.parse_args())))

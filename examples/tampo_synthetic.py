@@ -64,15 +64,21 @@ def main(args: Args) -> None:
         n = args.prompts * args.group_size
         tokens, reward = rollouts(d.value, n)
         groups = reward.reshape(args.prompts, args.group_size)
-        adv = ((groups - groups.mean(1, keepdims=True)) / (groups.std(1, ddof=1, keepdims=True) + 1e-4)).ravel()
+        adv = (
+            (groups - groups.mean(1, keepdims=True)) / (groups.std(1, ddof=1, keepdims=True) + 1e-4)
+        ).ravel()
         # Mean token log-prob of each rollout under each virtual temperature, from the same logits.
         logp = np.stack([log_softmax(logits / t) for t in d.virtual])  # [K, length, vocab]
         loglik = logp[:, np.arange(args.length)[None, :], tokens].mean(axis=2).T  # [n, K]
-        metrics = ctl.update(mc.Counterfactual(d, loglik, adv))  # metactl: learn from the same rollouts
+        metrics = ctl.update(
+            mc.Counterfactual(d, loglik, adv)
+        )  # metactl: learn from the same rollouts
         if step % 25 == 0 or step == args.steps - 1:
             bar = " ".join(f"{p:.2f}" for p in ctl.probs)
-            print(f"step {step:4d}  T={d.value:.1f}  reward={reward.mean():.2f}  pi=[{bar}]  "
-                  f"E[T]={metrics['expected_value']:.2f}")
+            print(
+                f"step {step:4d}  T={d.value:.1f}  reward={reward.mean():.2f}  pi=[{bar}]  "
+                f"E[T]={metrics['expected_value']:.2f}"
+            )
     best = temps[np.argmax(ctl.probs)]
     print(f"meta-policy's favourite temperature: {best:g}")
 
@@ -80,5 +86,7 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default
+        )
     main(Args(**vars(parser.parse_args())))
