@@ -1,0 +1,156 @@
+"""Overhead of MetaGRPOTrainer (TAMPO, K = 10) over a plain GRPOTrainer at a fixed temperature.
+
+The same tiny model (hidden 64, 2 layers) with a realistic vocabulary (32768 tokens), the same
+data, seed and config, the two trainers alternated in one process run. Prints one JSON object:
+median wall time of a short training run of each, peak resident-memory growth during a run,
+and the ratios (targets: <= 1.05 on CPU)::
+
+    python examples/bench_trl_overhead.py
+    python examples/bench_trl_overhead.py --steps 6 --repeats 5 --vocab-size 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from metactl.integrations.trl import MetaGRPOTrainer
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from trl import GRPOConfig, GRPOTrainer
+
+import metactl as mc
+
+
+@dataclass
+class Args:
+    vocab_size: int = 32768
+    steps: int = 4
+    repeats: int = 3
+    batch: int = 8
+    completion_length: int = 32
+    seed: int = 0
+    threads: int = 1
+
+
+def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """Characters plus filler tokens up to ``vocab_size`` (a realistic LM-head width)."""
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
+    for ch in "0123456789+-*= abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+    for i in range(len(vocab), vocab_size):
+        vocab[f"<t{i}>"] = i
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        padding_side="left",
+    )
+
+
+def make_model(tok: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config)
+
+
+def reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run(meta: bool, args: Args, tok: PreTrainedTokenizerFast, data: Dataset) -> tuple[float, int]:
+    """Wall time of one training run and its peak RSS growth over the start of the run."""
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out, per_device_train_batch_size=args.batch, num_generations=args.batch,
+            max_completion_length=args.completion_length, max_steps=args.steps,
+            learning_rate=1e-4, lr_scheduler_type="constant", report_to="none",
+            save_strategy="no", logging_steps=1, seed=args.seed, use_cpu=True, bf16=False,
+            gradient_checkpointing=False, disable_tqdm=True, temperature=1.0,
+        )
+        common = dict(
+            model=make_model(tok, args.seed), reward_funcs=reward, args=config,
+            train_dataset=data, processing_class=tok,
+        )
+        trainer = (
+            MetaGRPOTrainer(**common, controller=mc.TAMPO(seed=args.seed))
+            if meta else GRPOTrainer(**common)
+        )
+        gc.collect()
+        base, peak, done = rss_bytes(), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_bytes())
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        trainer.train()
+        elapsed = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        del trainer
+        gc.collect()
+    return elapsed, max(peak[0] - base, 1)
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(args.threads)
+    tok = make_tokenizer(args.vocab_size)
+    data = Dataset.from_dict({"prompt": [f"{i}+{i + 1}=" for i in range(256)]})
+    run(False, args, tok, data)  # warm-up (imports, allocator)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    mems: dict[bool, list[int]] = {False: [], True: []}
+    for r in range(args.repeats):
+        for meta in ((False, True) if r % 2 == 0 else (True, False)):
+            t, m = run(meta, args, tok, data)
+            times[meta].append(t)
+            mems[meta].append(m)
+    t_plain, t_meta = statistics.median(times[False]), statistics.median(times[True])
+    m_plain, m_meta = max(mems[False]), max(mems[True])
+    print(json.dumps({
+        "benchmark": "trl_overhead",
+        "vocab_size": args.vocab_size, "steps": args.steps, "repeats": args.repeats,
+        "batch": args.batch, "completion_length": args.completion_length, "K": 10,
+        "grpo_time_s": round(t_plain, 4), "meta_time_s": round(t_meta, 4),
+        "time_ratio": round(t_meta / t_plain, 4),
+        "grpo_peak_rss_growth_mb": round(m_plain / 2**20, 2),
+        "meta_peak_rss_growth_mb": round(m_meta / 2**20, 2),
+        "peak_memory_ratio": round(m_meta / m_plain, 4),
+    }))
+
+
+def parse_args(argv: list[str]) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(Args):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    return Args(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:]))

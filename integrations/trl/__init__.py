@@ -1,0 +1,24 @@
+"""TAMPO for TRL: ``MetaGRPOTrainer``, a ``trl.GRPOTrainer`` taking ``controller=``.
+
+Switching from GRPOTrainer is one import and one argument::
+
+    import metactl as mc
+    from metactl.integrations.trl import MetaGRPOTrainer
+
+    trainer = MetaGRPOTrainer(model=..., reward_funcs=..., args=GRPOConfig(...),
+                              train_dataset=..., controller=mc.TAMPO(seed=0))
+    trainer.train()          # logs meta/temperature, meta/prob/<T>, meta/advantage/<T>, ...
+
+See ``docs/trl.md``.
+
+Raises:
+    metactl.DependencyNotInstalled: if trl is not installed (``pip install "metactl[trl]"``).
+"""
+
+from metactl.errors import require
+
+require("trl", "trl")
+
+from .trainer import CONTROLLER_FILE, MetaGRPOTrainer, check_temperature_controller  # noqa: E402
+
+__all__ = ["CONTROLLER_FILE", "MetaGRPOTrainer", "check_temperature_controller"]

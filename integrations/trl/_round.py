@@ -1,0 +1,117 @@
+"""One generation round's meta statistics, reduced across processes into one feedback.
+
+Each process accumulates, over the micro-batches of the round's first pass, the rollouts'
+virtual-temperature log-likelihoods and advantages (or the round's mean reward, or its mean
+token entropy). At the end of the round :meth:`RoundStats.feedback` gathers them with
+accelerate so that every process builds the identical feedback::
+
+    stats = RoundStats(decision)
+    stats.add_rollouts(sums, counts, advantages)       # per micro-batch, local rows
+    feedback = stats.feedback(controller.accepts, accelerator)
+    metrics = controller.update(feedback)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import metactl as mc
+
+
+class RoundStats:
+    """What one process saw of one generation round (the round's :class:`metactl.Decision`)."""
+
+    def __init__(self, decision: mc.Decision) -> None:
+        self.decision = decision
+        self._sums: list[Tensor] = []
+        self._counts: list[Tensor] = []
+        self._advantages: list[Tensor] = []
+        self.reward: float | None = None
+        self._entropy: list[float] = []
+
+    def add_rollouts(self, sums: Tensor, counts: Tensor, advantages: Tensor) -> None:
+        """Rows of one micro-batch: ``[B, M]`` log-prob sums, ``[B]`` token counts, ``[B]`` advantages."""
+        self._sums.append(sums.float())
+        self._counts.append(counts.float())
+        self._advantages.append(advantages.detach().float().reshape(advantages.size(0), -1)[:, 0])
+
+    def add_entropy(self, entropy: float) -> None:
+        """The (already process-reduced) mean token entropy of one micro-batch."""
+        self._entropy.append(entropy)
+
+    def feedback(self, accepts: tuple[type, ...], accelerator: Any) -> tuple[mc.Feedback | None, dict[str, float]]:
+        """The feedback this round gives a controller accepting ``accepts``, identical on every rank.
+
+        Returns:
+            ``(feedback or None, extra metrics)``. None when the round left nothing to learn from
+            (e.g. every completion was masked out).
+        """
+        d = self.decision
+        if mc.Counterfactual in accepts:
+            if not self._sums:
+                return None, {}
+            sums = accelerator.gather(torch.cat(self._sums)).double().cpu()
+            counts = accelerator.gather(torch.cat(self._counts)).double().cpu()
+            adv = accelerator.gather(torch.cat(self._advantages)).double().cpu()
+            keep = counts > 0
+            if not bool(keep.any()):
+                return None, {"meta/empty_rounds": 1.0}
+            loglik = (sums[keep] / counts[keep, None]).numpy()
+            advantages = adv[keep].numpy()
+            return mc.Counterfactual(d, loglik, advantages), preferred_metrics(
+                loglik, advantages, d.virtual
+            )
+        if mc.Outcome in accepts:
+            if self.reward is None or not math.isfinite(self.reward):
+                return None, {}
+            return mc.Outcome(d, self.reward), {}
+        if mc.EntropyObservation in accepts:
+            if not self._entropy:
+                return None, {}
+            return mc.EntropyObservation(d, float(np.mean(self._entropy))), {}
+        names = ", ".join(t.__name__ for t in accepts)
+        raise TypeError(
+            f"MetaGRPOTrainer can give a controller Counterfactual, Outcome or EntropyObservation "
+            f"feedback; this controller accepts only {names}"
+        )
+
+
+def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarray:
+    """Each rollout's likelihood-maximising temperature, estimated on the virtual grid.
+
+    The log-likelihood is concave in ``beta = 1 / T``; the grid's best point is refined by the
+    parabola through it and its two neighbours in ``beta`` (kept between those neighbours).
+    """
+    beta = 1.0 / np.asarray(virtual, dtype=np.float64)
+    order = np.argsort(beta)
+    beta, ll = beta[order], loglik[:, order]
+    best = np.argmax(ll, axis=1)
+    out = beta[best].copy()
+    if beta.size >= 3:
+        inner = (best > 0) & (best < beta.size - 1)
+        i = best[inner]
+        rows = np.flatnonzero(inner)
+        x0, x1, x2 = beta[i - 1], beta[i], beta[i + 1]
+        y0, y1, y2 = ll[rows, i - 1], ll[rows, i], ll[rows, i + 1]
+        denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+        a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+        b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vertex = np.where(a < 0, -b / (2 * a), x1)
+        out[rows] = np.clip(vertex, x0, x2)
+    return 1.0 / out
+
+
+def preferred_metrics(loglik: np.ndarray, advantages: np.ndarray, virtual: np.ndarray) -> dict[str, float]:
+    """Mean preferred temperature of positive- and negative-advantage rollouts (paper, Figure 4)."""
+    pref = preferred_temperatures(loglik, virtual)
+    out: dict[str, float] = {}
+    for name, sel in (("positive", advantages > 0), ("negative", advantages < 0)):
+        if sel.any():
+            out[f"meta/preferred_temperature/{name}"] = float(pref[sel].mean())
+    return out

@@ -1,0 +1,325 @@
+"""MetaGRPOTrainer: TRL's GRPOTrainer with the sampling temperature chosen by a metactl controller.
+
+One generation round (TRL generates once every ``steps_per_generation * num_iterations``
+micro-steps) is one controller decision::
+
+    round start   d = controller.sample(); T = d.value set on the trainer, generation config,
+                  generation kwargs or vLLM, and the fused LM head (policy, old and reference
+                  log-probs all at T)
+    first pass    each micro-batch's loss forward also yields its rollouts' log-likelihoods at
+                  the virtual temperatures d.virtual (no extra model forward)
+    round end     statistics gathered across processes -> controller.update(feedback), the
+                  same on every rank; metrics into TRL's logs under "meta/"
+    checkpoint    checkpoint-N/metactl_controller.json, restored by train(resume_from_checkpoint=...)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast, is_peft_model
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+import metactl as mc
+
+from ._head import (
+    HiddenTap,
+    RoundTemperature,
+    check_kernel_follows_temperature,
+    logit_transform,
+    refit_fused_head,
+    virtual_loglik,
+)
+from ._round import RoundStats
+
+CONTROLLER_FILE = "metactl_controller.json"
+"""Name of the controller's state file inside each ``checkpoint-N/`` folder."""
+
+_FEEDBACK = (mc.Counterfactual, mc.Outcome, mc.EntropyObservation)
+
+
+def check_temperature_controller(controller: Any) -> None:
+    """Refuse a controller that cannot drive a sampling temperature.
+
+    Raises:
+        TypeError: not a metactl controller, or it learns from no feedback the trainer can give.
+        ValueError: some of its arms are not finite positive temperatures.
+    """
+    if not isinstance(controller, mc.Controller):
+        raise TypeError(
+            f"controller: expected a metactl controller (e.g. metactl.TAMPO()), got {type(controller).__name__}"
+        )
+    space = controller.space
+    if isinstance(space, mc.Discrete):
+        values = np.asarray(space.values, dtype=np.float64)
+        bad = values[~(np.isfinite(values) & (values > 0))]
+        if bad.size:
+            raise ValueError(
+                f"controller: its arms are sampling temperatures and must be finite and > 0; "
+                f"{type(controller).__name__} has arm(s) {bad.tolist()} in {space!r}"
+            )
+    elif isinstance(space, mc.Box):
+        if not (math.isfinite(space.low) and math.isfinite(space.high) and space.low > 0):
+            raise ValueError(
+                f"controller: its arms are sampling temperatures and must be finite and > 0; "
+                f"{type(controller).__name__} ranges over {space!r}"
+            )
+    else:
+        raise TypeError(f"controller.space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}")
+    if not any(issubclass(t, _FEEDBACK) for t in controller.accepts):
+        names = ", ".join(t.__name__ for t in controller.accepts)
+        raise TypeError(
+            f"controller: MetaGRPOTrainer gives Counterfactual, Outcome or EntropyObservation feedback, "
+            f"but {type(controller).__name__} accepts only {names}"
+        )
+
+
+def _broadcast_json(obj: Any, accelerator: Any) -> Any:
+    """``obj`` of the main process, on every process (JSON bytes over a uint8 tensor, no pickle)."""
+    data = json.dumps(obj).encode() if accelerator.is_main_process else b""
+    size = broadcast(torch.tensor([len(data)], dtype=torch.int64, device=accelerator.device))
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=accelerator.device)
+    if accelerator.is_main_process:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    buf = broadcast(buf)
+    return json.loads(bytes(buf.cpu().tolist()).decode())
+
+
+class MetaGRPOTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` whose sampling temperature is a metactl controller's decision.
+
+    Switching from GRPOTrainer is one import and one argument::
+
+        import metactl as mc
+        from metactl.integrations.trl import MetaGRPOTrainer
+
+        trainer = MetaGRPOTrainer(
+            model=model, reward_funcs=reward, args=GRPOConfig(...), train_dataset=dataset,
+            controller=mc.TAMPO(seed=0),          # default: mc.TAMPO(seed=args.seed)
+        )
+        trainer.train()
+        trainer.controller.probs                  # the learned meta-policy
+
+    The temperature changes only at generation boundaries: every micro-batch of a round (all
+    ``steps_per_generation * num_iterations`` of them) trains with policy, old and reference
+    log-probs at the temperature the round was sampled at. ``args.temperature`` is only the
+    temperature before the first round (and of evaluation before training starts); evaluation
+    otherwise runs at the current round's temperature.
+
+    Args:
+        model, reward_funcs, args, ...: exactly those of ``trl.GRPOTrainer``.
+        controller: any metactl controller over the sampling temperature (arms must be positive
+            temperatures). Learns from :class:`metactl.Counterfactual` feedback when it accepts it
+            (TAMPO, MetaGradient), else from :class:`metactl.Outcome` (the round's mean reward),
+            else from :class:`metactl.EntropyObservation` (the round's mean token entropy).
+            With several processes rank 0's controller state is copied to every rank.
+
+    Raises:
+        TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
+            option that cannot follow a changing temperature (``torch_compile``, a
+            ``temperature`` in ``generation_kwargs``), named in the message.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: Any = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        tools: list[Callable[..., Any]] | None = None,
+        rollout_func: Any = None,
+        environment_factory: Any = None,
+        *,
+        controller: mc.Controller | None = None,
+    ) -> None:
+        if controller is not None:
+            check_temperature_controller(controller)
+        if args is not None:
+            _check_config(args)
+        check_kernel_follows_temperature()
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
+        _check_config(self.args)
+        self.controller: mc.Controller = mc.TAMPO(seed=self.args.seed) if controller is None else controller
+        if self.accelerator.num_processes > 1:
+            self.controller.load_state_dict(_broadcast_json(self.controller.state_dict(), self.accelerator))
+
+        # One temperature object read by the policy's and the reference's fused LM heads.
+        self._round_temperature = RoundTemperature(self.temperature)
+        policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        refit_fused_head(
+            policy,
+            self._round_temperature,
+            cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+            outputs=("log_probs", "entropy"),
+        )
+        if self.ref_model is not None:
+            refit_fused_head(
+                self.accelerator.unwrap_model(self.ref_model),
+                self._round_temperature,
+                cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+                outputs=("log_probs",),
+            )
+        self._policy = policy
+        self._logit_scale, self._softcap = logit_transform(policy.config)
+        self._tap = HiddenTap(policy)
+        self._round: RoundStats | None = None
+        self._round_start_state: dict[str, Any] | None = None
+
+    # --- temperature ---------------------------------------------------------------------------
+    def set_temperature(self, value: float) -> None:
+        """Set the sampling and scoring temperature everywhere TRL reads it."""
+        value = float(value)
+        self.temperature = value
+        self._round_temperature.value = value
+        if self.use_vllm:
+            self.vllm_generation.temperature = value
+        else:
+            self.generation_config.temperature = value
+            self.generation_kwargs["temperature"] = value
+
+    # --- the round -------------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        if self.model.training:
+            self._round_start_state = self.controller.state_dict()
+            decision = self.controller.sample()
+            self._round = RoundStats(decision)
+            self.set_temperature(decision.value)
+            self._metrics["train"]["meta/temperature"].append(decision.value)
+        return super()._generate_and_score_completions(inputs)
+
+    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.model.training and self._round is not None:
+            # rewards_per_func is gathered over processes: the same round mean on every rank
+            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+            rewards = (rewards_per_func * weights).nansum(dim=1)
+            scorable = ~torch.isnan(rewards_per_func).all(dim=1)
+            self._round.reward = rewards[scorable].mean().item() if bool(scorable.any()) else None
+        return rewards_per_func
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        first_pass = self._step % generate_every < self.args.steps_per_generation
+        stats = self._round
+        if not (self.model.training and first_pass and stats is not None):
+            return super()._compute_loss(model, inputs)
+        if mc.Counterfactual in self.controller.accepts and stats.decision.virtual.size > 0:
+            self._tap.active = True
+            try:
+                loss = super()._compute_loss(model, inputs)
+            finally:
+                self._tap.active = False
+            self._score_virtual(stats, inputs, self._tap.take(inputs["completion_ids"].size(0)))
+        else:
+            loss = super()._compute_loss(model, inputs)
+            if mc.EntropyObservation in self.controller.accepts:
+                stats.add_entropy(self._metrics["train"]["entropy"][-1])
+        return loss
+
+    def _score_virtual(self, stats: RoundStats, inputs: dict[str, Any], hidden: torch.Tensor) -> None:
+        """Log-likelihoods of this micro-batch's completions at the round's virtual temperatures."""
+        prompt_len = inputs["prompt_ids"].size(1)
+        completion_ids = inputs["completion_ids"]
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        sums, counts = virtual_loglik(
+            hidden[:, prompt_len - 1 : prompt_len - 1 + completion_ids.size(1)],
+            self._policy.get_output_embeddings(),
+            completion_ids,
+            mask,
+            stats.decision.virtual.tolist(),
+            logit_scale=self._logit_scale,
+            softcap=self._softcap,
+            fp32=self.args.cast_lm_head_to_fp32,
+        )
+        stats.add_rollouts(sums, counts, inputs["advantages"])
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 and self._round is not None:
+            self._finish_round(self._round)
+        return loss
+
+    def _finish_round(self, stats: RoundStats) -> None:
+        """Update the controller from the round's statistics, identically on every process."""
+        feedback, extra = stats.feedback(self.controller.accepts, self.accelerator)
+        metrics = dict(extra)
+        if feedback is not None:
+            metrics.update({f"meta/{k}": v for k, v in self.controller.update(feedback).items()})
+        for key, value in metrics.items():
+            self._metrics["train"][key].append(float(value))
+        self._round = None
+        self._round_start_state = None
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            # Mid-round, save the state the round started from: a resumed run regenerates the round.
+            state = self.controller.state_dict() if self._round is None else self._round_start_state
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            path = os.path.join(self._get_output_dir(trial=trial), folder, CONTROLLER_FILE)
+            with open(path, "w") as f:
+                json.dump(state, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, CONTROLLER_FILE)
+        if not os.path.exists(path):
+            warnings.warn(
+                f"{checkpoint} has no {CONTROLLER_FILE} (not saved by MetaGRPOTrainer); "
+                "the controller starts from its initial state",
+                stacklevel=2,
+            )
+            return
+        with open(path) as f:
+            self.controller.load_state_dict(json.load(f))
+        self._round = None
+
+
+def _check_config(args: Any) -> None:
+    """Raise for GRPOConfig options that cannot follow a temperature changing every round."""
+    if args.torch_compile:
+        raise ValueError(
+            "MetaGRPOTrainer does not support GRPOConfig(torch_compile=True): the compiled LM head "
+            "would be specialised to one temperature. Set torch_compile=False."
+        )
+    if args.generation_kwargs is not None and "temperature" in args.generation_kwargs:
+        raise ValueError(
+            "GRPOConfig(generation_kwargs) sets 'temperature', which would override the controller's "
+            "temperature; remove it (the controller chooses the temperature of every round)."
+        )

@@ -1,0 +1,68 @@
+"""Fixtures for the TRL integration tests: a tiny local LM, a char tokenizer and a verifiable task.
+
+Everything is built offline (no hub): the testbed's character-level tokenizer and tiny Qwen2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("trl")
+
+from datasets import Dataset
+from metactl.integrations.trl.testbed import make_model, make_tokenizer
+from trl import GRPOConfig
+
+
+def digit_reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
+    """A dense verifiable reward: the fraction of digits in the completion."""
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def make_dataset(n: int = 16) -> Dataset:
+    return Dataset.from_dict({"prompt": [f"{i}+{i + 1}=" for i in range(n)]})
+
+
+def make_config(tmp_path: Any, **overrides: Any) -> GRPOConfig:
+    """A tiny, fast GRPOConfig on CPU: 4 completions per prompt, 6 tokens each."""
+    kwargs: dict[str, Any] = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 6,
+        "max_steps": 3,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "bf16": False,  # GRPOConfig defaults to bf16 autocast, slow and inexact on CPU
+        "gradient_checkpointing": False,
+    }
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    return make_tokenizer()
+
+
+@pytest.fixture
+def model(tokenizer: Any) -> Any:
+    return make_model(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_path(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model saved to disk (TRL builds a reference model from a path when beta > 0)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_model(tokenizer, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

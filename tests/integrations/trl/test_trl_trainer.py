@@ -1,0 +1,211 @@
+"""MetaGRPOTrainer on a tiny local model: temperature plumbing, meta update, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from conftest import digit_reward, make_config, make_dataset
+from metactl.integrations.trl import CONTROLLER_FILE, MetaGRPOTrainer
+from trl import GRPOTrainer
+
+import metactl as mc
+
+
+class Spy:
+    """Records the temperature of every generate call and counts the model's forwards."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.temperatures: list[float] = []
+        self.fused = self.plain = self.backbone = 0
+        model = trainer.model
+        generate = model.generate
+
+        def spy_generate(*args: Any, **kwargs: Any) -> Any:
+            self.temperatures.append(kwargs["generation_config"].temperature)
+            return generate(*args, **kwargs)
+
+        model.generate = spy_generate
+
+        def count_top(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            if kwargs.get("fused_lm_head"):
+                self.fused += 1
+            else:
+                self.plain += 1
+
+        def count_backbone(module: Any, args: Any, output: Any) -> None:
+            self.backbone += 1
+
+        model.register_forward_pre_hook(count_top, with_kwargs=True)
+        model.base_model.register_forward_hook(count_backbone)
+
+
+def decisions_of(controller: Any) -> list[float]:
+    """Wrap controller.sample to record every decision's value."""
+    values: list[float] = []
+    sample = controller.sample
+
+    def recording_sample() -> mc.Decision:
+        d = sample()
+        values.append(d.value)
+        return d
+
+    controller.sample = recording_sample
+    return values
+
+
+def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, tmp_path):
+    from metactl.integrations.trl.testbed import make_model
+
+    # 2 rounds of 2 micro-batches (1 optimizer step each)
+    args = make_config(tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1)
+    ctl = mc.TAMPO(seed=0)
+    trainer = MetaGRPOTrainer(
+        model=model, reward_funcs=digit_reward, args=args, train_dataset=make_dataset(),
+        processing_class=tokenizer, controller=ctl,
+    )
+    assert trainer.controller is ctl
+    decided = decisions_of(ctl)
+    spy = Spy(trainer)
+    trainer.train()
+
+    assert len(decided) == 2
+    assert spy.temperatures == decided
+    logged = [h["meta/temperature"] for h in trainer.state.log_history if "meta/temperature" in h]
+    assert logged == decided
+    assert ctl.updates == 2
+    last = next(h for h in reversed(trainer.state.log_history) if "meta/prob/1" in h)
+    assert {"meta/advantage/0.6", "meta/prob/1.5", "meta/noop"} <= set(last)
+    assert any("meta/preferred_temperature/positive" in h for h in trainer.state.log_history)
+    # every model forward outside generation is one of TRL's fused log-prob forwards
+    assert spy.backbone == spy.fused + spy.plain
+
+    plain = GRPOTrainer(
+        model=make_model(tokenizer, seed=0), reward_funcs=digit_reward,
+        args=make_config(tmp_path / "plain", max_steps=4, steps_per_generation=2,
+                         gradient_accumulation_steps=1),
+        train_dataset=make_dataset(), processing_class=tokenizer,
+    )
+    plain_spy = Spy(plain)
+    plain.train()
+    assert spy.fused == plain_spy.fused
+
+
+def test_every_micro_batch_scores_at_its_round_temperature(tokenizer, model_path, tmp_path):
+    """steps_per_generation=2, num_iterations=2: policy, old and reference log-probs at the round's T."""
+    args = make_config(
+        tmp_path, max_steps=8, steps_per_generation=2, num_iterations=2,
+        gradient_accumulation_steps=1, beta=0.1,
+    )
+    trainer = MetaGRPOTrainer(
+        model=model_path, reward_funcs=digit_reward, args=args, train_dataset=make_dataset(),
+        processing_class=tokenizer, controller=mc.TAMPO(seed=0),
+    )
+    spy = Spy(trainer)
+    checked: list[tuple[str, float]] = []
+    inner = trainer._get_per_token_logps_and_entropies
+
+    def checking(model, input_ids, attention_mask, logits_to_keep, **kwargs):
+        logps, entropies, aux = inner(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+        temperature = spy.temperatures[-1]  # the round's sampling temperature
+        with torch.no_grad(), trainer.accelerator.autocast():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = logits[:, -logits_to_keep - 1 : -1].float() / temperature
+            tokens = input_ids[:, -logits_to_keep:]
+            want = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+        mask = attention_mask[:, -logits_to_keep:].bool()
+        torch.testing.assert_close(logps.detach()[mask], want[mask], atol=1e-4, rtol=1e-4)
+        role = "ref" if model is trainer.ref_model else ("loss" if torch.is_grad_enabled() else "old")
+        checked.append((role, temperature))
+        return logps, entropies, aux
+
+    trainer._get_per_token_logps_and_entropies = checking
+    trainer.train()
+
+    assert len(spy.temperatures) == 2 and spy.temperatures[0] != spy.temperatures[1]
+    roles = [role for role, _ in checked]
+    assert roles.count("loss") == 8 and roles.count("old") == 2 and roles.count("ref") == 2
+    # per round: old, ref, then 4 loss micro-batches, all at the round's temperature
+    for r, temperature in enumerate(spy.temperatures):
+        assert [t for _, t in checked[6 * r : 6 * (r + 1)]] == [temperature] * 6
+
+
+def test_resume_restores_controller(tokenizer, tmp_path):
+    from metactl.integrations.trl.testbed import make_model
+
+    def run(out: Any, resume: str | None = None) -> tuple[Any, list[float]]:
+        args = make_config(
+            out, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1,
+            save_strategy="steps", save_steps=2,
+        )
+        trainer = MetaGRPOTrainer(
+            model=make_model(tokenizer, seed=0), reward_funcs=digit_reward, args=args,
+            train_dataset=make_dataset(), processing_class=tokenizer,
+            controller=mc.TAMPO(seed=0),
+        )
+        decided = decisions_of(trainer.controller)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.controller, decided
+
+    full, full_decided = run(tmp_path / "full")
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    saved = json.loads((checkpoint / CONTROLLER_FILE).read_text())
+    assert saved["updates"] == 1 and saved["step"] == 1
+
+    resumed, resumed_decided = run(tmp_path / "resumed", resume=str(checkpoint))
+    assert resumed_decided == full_decided[1:]  # the next temperature is the uninterrupted one
+    assert resumed.state_dict() == full.state_dict()
+    assert resumed.probs.tolist() == full.probs.tolist()
+
+
+@pytest.mark.parametrize(
+    "controller",
+    [
+        mc.SlidingWindowUCB(mc.Discrete([0.7, 1.0, 1.3]), seed=0),
+        mc.EntropyTarget(mc.Box(0.5, 2.0), vocab_size=51, seed=0),
+        mc.MetaGradient(mc.Box(0.3, 3.0, log=True), seed=0),
+    ],
+    ids=["ucb-outcome", "entropy-target", "metagradient-box"],
+)
+def test_other_controllers_learn_from_their_feedback(tokenizer, model, tmp_path, controller):
+    args = make_config(tmp_path, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1)
+    trainer = MetaGRPOTrainer(
+        model=model, reward_funcs=digit_reward, args=args, train_dataset=make_dataset(),
+        processing_class=tokenizer, controller=controller,
+    )
+    spy = Spy(trainer)
+    trainer.train()
+    assert controller.updates == 2
+    assert all(controller.space.contains(t) for t in spy.temperatures)
+    assert any("meta/updates" in h for h in trainer.state.log_history)
+
+
+@pytest.mark.parametrize(
+    ("controller", "match"),
+    [
+        (mc.TAMPO(mc.Discrete([0.0, 1.0]), seed=0), r"must be finite and > 0.*\[0\.0\]"),
+        (mc.MetaGradient(mc.Box(-1.0, 1.0), seed=0), r"must be finite and > 0"),
+    ],
+)
+def test_refuses_controller_without_positive_temperatures(tokenizer, model, tmp_path, controller, match):
+    with pytest.raises(ValueError, match=match):
+        MetaGRPOTrainer(
+            model=model, reward_funcs=digit_reward, args=make_config(tmp_path),
+            train_dataset=make_dataset(), processing_class=tokenizer, controller=controller,
+        )
+
+
+def test_refuses_options_that_cannot_follow_the_temperature(tokenizer, model, tmp_path):
+    with pytest.raises(TypeError, match="expected a metactl controller"):
+        MetaGRPOTrainer(model=model, reward_funcs=digit_reward, args=make_config(tmp_path),
+                        train_dataset=make_dataset(), processing_class=tokenizer, controller=1.0)
+    args = make_config(tmp_path, generation_kwargs={"temperature": 0.7})
+    with pytest.raises(ValueError, match="generation_kwargs.*temperature"):
+        MetaGRPOTrainer(model=model, reward_funcs=digit_reward, args=args,
+                        train_dataset=make_dataset(), processing_class=tokenizer)
+    with pytest.raises(ValueError, match="torch_compile"):
+        MetaGRPOTrainer(model=model, reward_funcs=digit_reward,
+                        args=make_config(tmp_path, torch_compile=True),
+                        train_dataset=make_dataset(), processing_class=tokenizer)
