@@ -1,0 +1,55 @@
+"""Worker for the 2-process test: ``torchrun --nproc_per_node 2 dist_worker.py OUT_DIR``.
+
+Each rank trains 2 generation rounds of MetaGRPOTrainer on CPU (gloo) with a controller seeded
+from OS entropy (so ranks agree only through the trainer's broadcast), and writes
+``rank{N}.json`` with the temperatures it generated at and its final controller state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import digit_reward, make_config, make_dataset
+from metactl.integrations.trl import MetaGRPOTrainer
+from metactl.integrations.trl.testbed import make_model, make_tokenizer
+
+import metactl as mc
+
+
+def main(out: str) -> None:
+    tokenizer = make_tokenizer()
+    args = make_config(
+        out, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1,
+        per_device_train_batch_size=2,
+    )
+    trainer = MetaGRPOTrainer(
+        model=make_model(tokenizer, seed=0), reward_funcs=digit_reward, args=args,
+        train_dataset=make_dataset(), processing_class=tokenizer,
+        controller=mc.TAMPO(seed=None),
+    )
+    temperatures: list[float] = []
+    generate = trainer.model.generate
+
+    def spy(*a, **kw):
+        temperatures.append(kw["generation_config"].temperature)
+        return generate(*a, **kw)
+
+    trainer.model.generate = spy
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    result = {
+        "world_size": trainer.accelerator.num_processes,
+        "temperatures": temperatures,
+        "state": trainer.controller.state_dict(),
+    }
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main(sys.argv[1])
