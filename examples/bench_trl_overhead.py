@@ -43,6 +43,8 @@ class Args:
     completion_length: int = 32
     seed: int = 0
     threads: int = 1
+    hidden_size: int = 64
+    layers: int = 2
 
 
 def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -61,14 +63,15 @@ def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def make_model(tok: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+def make_model(tok: PreTrainedTokenizerFast, args: Args) -> Qwen2ForCausalLM:
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        vocab_size=len(tok), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+        num_hidden_layers=args.layers,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(args.seed)
         return Qwen2ForCausalLM(config)
 
 
@@ -92,7 +95,7 @@ def run(meta: bool, args: Args, tok: PreTrainedTokenizerFast, data: Dataset) -> 
             gradient_checkpointing=False, disable_tqdm=True, temperature=1.0,
         )
         common = dict(
-            model=make_model(tok, args.seed), reward_funcs=reward, args=config,
+            model=make_model(tok, args), reward_funcs=reward, args=config,
             train_dataset=data, processing_class=tok,
         )
         trainer = (
@@ -135,7 +138,8 @@ def main(args: Args) -> None:
     m_plain, m_meta = max(mems[False]), max(mems[True])
     print(json.dumps({
         "benchmark": "trl_overhead",
-        "vocab_size": args.vocab_size, "steps": args.steps, "repeats": args.repeats,
+        "vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "layers": args.layers,
+        "steps": args.steps, "repeats": args.repeats,
         "batch": args.batch, "completion_length": args.completion_length, "K": 10,
         "grpo_time_s": round(t_plain, 4), "meta_time_s": round(t_meta, 4),
         "time_ratio": round(t_meta / t_plain, 4),
