@@ -1,0 +1,113 @@
+"""Input validation shared by the tensor ops: every failure is a ``ValueError`` naming the argument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def shape(t: Tensor) -> tuple[int, ...]:
+    """The shape of ``t`` as a plain tuple (for messages)."""
+    return tuple(t.shape)
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise unless ``reduction`` is one of ``"mean"``, ``"sum"``, ``"none"``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """Raise unless ``chunk_size`` is None or a positive int."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def check_float(t: Tensor, name: str) -> None:
+    """Raise unless ``t`` is a floating-point tensor."""
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def check_tokens_mask(tokens: Tensor, mask: Tensor | None, lead: tuple[int, ...], source: str) -> None:
+    """Raise unless ``tokens`` (integer) and ``mask`` have shape ``lead`` (the leading dims of ``source``)."""
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+    if shape(tokens) != lead:
+        raise ValueError(f"tokens must have shape {lead} to match {source}, got {shape(tokens)}")
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if shape(mask) != lead:
+        raise ValueError(
+            f"mask must have the shape of tokens {shape(tokens)} (and {source}), got {shape(mask)}"
+        )
+
+
+def check_sequence_logits(logits: Tensor, tokens: Tensor, mask: Tensor) -> None:
+    """Raise unless logits is ``[B, L, V]`` float with ``V >= 1`` and tokens, mask are ``[B, L]``."""
+    check_float(logits, "logits")
+    if logits.dim() != 3 or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape [B, L, V] with V >= 1, got {shape(logits)}")
+    check_tokens_mask(tokens, mask, shape(logits)[:2], f"logits {shape(logits)}")
+
+
+def inverse_temperatures(temperatures: Sequence[float] | Tensor) -> list[float]:
+    """``[1 / T_1, ..., 1 / T_K]`` as Python floats, after checking every ``T_k`` is finite and > 0."""
+    if isinstance(temperatures, Tensor):
+        if temperatures.dim() != 1:
+            raise ValueError(f"temperatures must be 1-D [K], got shape {shape(temperatures)}")
+        values = [float(t) for t in temperatures.detach().cpu().double().tolist()]
+    else:
+        try:
+            values = [float(t) for t in temperatures]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"temperatures must be a 1-D sequence of numbers: {err}") from None
+    if not values:
+        raise ValueError("temperatures must hold at least one temperature, got K = 0")
+    bad = [t for t in values if not (math.isfinite(t) and t > 0.0)]
+    if bad:
+        raise ValueError(f"temperatures must be finite and > 0, got {bad} in {values}")
+    return [1.0 / t for t in values]
+
+
+def check_tokens_in_vocab(scored_tokens: Tensor, vocab_size: int) -> None:
+    """Raise if a scored token id lies outside ``[0, vocab_size)`` (one host sync)."""
+    if scored_tokens.numel() == 0:
+        return
+    low, high = int(scored_tokens.min()), int(scored_tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"tokens at scored positions must lie in [0, {vocab_size}) (the vocabulary of the logits), "
+            f"got ids in [{low}, {high}]; unscored (mask = 0) positions may hold any id, e.g. -100"
+        )
+
+
+def check_finite_rows(values: Tensor, positions: Tensor | None = None) -> None:
+    """Raise if a row of ``values`` ``[N, K]`` is not finite (NaN or inf in the logits upstream).
+
+    Args:
+        values: per-token log-probabilities of the scored tokens.
+        positions: optional ``[N, D]`` positions of those tokens, used in the message.
+    """
+    finite = torch.isfinite(values).all(dim=-1)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0, 0])
+    at = tuple(positions[first].tolist()) if positions is not None else first
+    raise ValueError(
+        f"logits hold NaN or inf at scored positions ({int((~finite).sum())} scored tokens "
+        f"affected, first at {at}); their log-likelihood would not be finite"
+    )

@@ -1,0 +1,318 @@
+"""Virtual-temperature log-likelihoods: every scored token at K temperatures, one read of its logits.
+
+For a token ``o`` with logits ``z`` (a row of ``V`` numbers) and a temperature ``T``::
+
+    log softmax(z / T)[o] = z_o / T - logsumexp(z / T)
+                          = (z_o - m) / T - log sum_v exp((z_v - m) / T),    m = max_v z_v
+
+The shift ``m`` is computed once per row and serves every temperature, so a chunk of rows
+is read from memory (and upcast to fp32) once for all ``K`` temperatures. Extra memory is a
+few buffers of ``chunk_size x V`` fp32 numbers, whatever ``K`` is; nothing of shape
+``[K, B, L, V]`` (or even ``[B, L, V]``) is ever allocated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from metactl.integrations.torch._checks import (
+    check_chunk_size,
+    check_finite_rows,
+    check_float,
+    check_reduction,
+    check_sequence_logits,
+    check_tokens_in_vocab,
+    check_tokens_mask,
+    inverse_temperatures,
+    shape,
+)
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "chunk_temperature_loglik",
+    "default_chunk_size",
+    "temperature_loglik",
+    "temperature_loglik_from_hidden",
+]
+
+DEFAULT_CHUNK_BYTES = 2 * 2**20
+"""Default size of one fp32 chunk of rows (``chunk_size * V * 4`` bytes): 2 MiB, so that the
+K passes over a chunk read it from cache rather than memory."""
+
+Temperatures = Sequence[float] | Tensor
+
+
+def default_chunk_size(
+    vocab_size: int, n_rows: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
+    """Rows per chunk: one fp32 chunk ``[chunk_size, V]`` takes at most ``chunk_bytes``.
+
+    With ``n_rows`` (the rows to score) the chunk is also at most ``ceil(n_rows / 32)`` rows, so
+    that the few chunk buffers stay a small fraction of the logits (under 1/6 of them even for
+    bf16 logits: about 10 bytes of buffers per 2 bytes of a logit row, over 32 rows).
+
+    Args:
+        vocab_size: ``V``, the length of a row of logits.
+        n_rows: number of rows to score, or None.
+        chunk_bytes: size bound of one fp32 chunk buffer (default 2 MiB).
+
+    Returns:
+        ``max(1, min(chunk_bytes // (4 V), ceil(n_rows / 32)))``: e.g. 16 rows for
+        ``V = 32000`` and 3 for ``V = 151936``.
+    """
+    rows = chunk_bytes // (4 * max(1, vocab_size))
+    if n_rows is not None:
+        rows = min(rows, -(-n_rows // 32))
+    return max(1, rows)
+
+
+def _rows_logp(logits: Tensor, tokens: Tensor, betas: Sequence[float]) -> Tensor:
+    """``log softmax(beta_k z)[o] = beta_k (z_o - m) - log sum_v exp(beta_k (z_v - m))`` per row.
+
+    Args:
+        logits: ``[c, V]`` rows of logits, any float dtype (upcast to fp32, never modified).
+        tokens: ``[c]`` valid token ids.
+        betas: ``K`` inverse temperatures ``1 / T_k``.
+
+    Returns:
+        ``[c, K]`` fp32 log-probabilities.
+    """
+    m = logits.amax(dim=-1, keepdim=True).float()  # exact in any dtype
+    d = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    torch.sub(logits, m, out=d)  # z - m <= 0, in fp32
+    d_o = d.gather(-1, tokens[:, None])  # [c, 1]
+    buf = torch.empty_like(d)
+    log_norm = torch.empty(d.shape[0], len(betas), dtype=d.dtype, device=d.device)
+    for k, beta in enumerate(betas):
+        torch.mul(d, beta, out=buf).exp_()
+        torch.sum(buf, dim=-1, out=log_norm[:, k])
+    log_norm.log_()
+    beta_row = torch.tensor(betas, dtype=d.dtype, device=d.device)
+    return d_o * beta_row - log_norm
+
+
+def _map_chunks(n: int, chunk_size: int, k: int, rows_logp: Callable[[int, int], Tensor],
+                device: torch.device) -> Tensor:
+    """``[n, K]`` fp32: ``rows_logp(i, j)`` (the ``[j - i, K]`` log-probs of rows i..j) over chunks."""
+    out = torch.empty(n, k, dtype=torch.float32, device=device)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        out[start:stop] = rows_logp(start, stop)
+    return out
+
+
+def _scored_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(b, t)`` index tensors of the scored (non-zero) entries of a ``[B, L]`` mask."""
+    b, t = (mask != 0).nonzero(as_tuple=True)
+    return b, t
+
+
+def _reduce(per_token: Tensor, b: Tensor, t: Tensor, batch: int, length: int,
+            reduction: str) -> Tensor:
+    """Scatter ``[N, K]`` per-token values to ``[B, L, K]`` or reduce them per row to ``[B, K]``.
+
+    Unscored positions hold 0 (``"none"``); rows without a scored token give 0 (``"mean"``, ``"sum"``).
+    """
+    k = per_token.shape[-1]
+    if reduction == "none":
+        out = per_token.new_zeros(batch, length, k)
+        out[b, t] = per_token
+        return out
+    total = per_token.new_zeros(batch, k).index_add_(0, b, per_token)
+    if reduction == "sum":
+        return total
+    count = torch.bincount(b, minlength=batch).clamp_(min=1).to(per_token.dtype)
+    return total / count[:, None]
+
+
+@torch.no_grad()
+def chunk_temperature_loglik(
+    logits: Tensor,
+    tokens: Tensor,
+    temperatures: Temperatures,
+    *,
+    mask: Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Per-token log-probabilities of one chunk of rows at K temperatures (the building block).
+
+    ``out[..., k] = log softmax(logits / T_k)[..., tokens]``, computed in fp32 with the row maximum
+    taken once for every temperature. Made to be called inside another chunk loop (e.g. a fused
+    LM head that produces each chunk of logits once): the caller owns the chunking, this
+    function only adds two fp32 buffers the size of ``logits``.
+
+    Example, inside a loop producing ``logits_chunk`` ``[c, V]`` for ``labels`` ``[c]``::
+
+        scored = labels != -100
+        logp = chunk_temperature_loglik(logits_chunk, labels, temps, mask=scored)  # [c, K]
+
+    Args:
+        logits: ``[..., V]`` logits (fp32, bf16, fp16, fp64); not modified.
+        tokens: ``[...]`` integer token ids (the leading shape of ``logits``).
+        temperatures: ``K`` temperatures (sequence or 1-D tensor), each finite and > 0.
+        mask: optional ``[...]`` mask, non-zero = scored. Unscored positions give 0 and their ids
+            (e.g. -100) and logits are ignored. None scores every position.
+        validate: check that scored ids lie in ``[0, V)`` and that every scored log-probability is
+            finite (NaN/inf logits). Costs one host-device sync; pass False to check the final
+            result yourself.
+
+    Returns:
+        ``[..., K]`` fp32 log-probabilities, detached (no gradient flows into ``logits``).
+
+    Raises:
+        ValueError: bad shapes or dtypes, bad temperatures, or (with ``validate``) scored ids
+            outside the vocabulary or non-finite scored log-probabilities.
+    """
+    check_float(logits, "logits")
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape [..., V] with V >= 1, got {shape(logits)}")
+    lead = shape(logits)[:-1]
+    check_tokens_mask(tokens, mask, lead, f"logits {shape(logits)}")
+    betas = inverse_temperatures(temperatures)
+    vocab = logits.shape[-1]
+    rows = logits.reshape(-1, vocab)
+    ids = tokens.reshape(-1)
+    scored = None if mask is None else mask.reshape(-1) != 0
+    if scored is not None:
+        ids = torch.where(scored, ids, torch.zeros_like(ids))
+    if validate:
+        check_tokens_in_vocab(ids, vocab)
+    out = _rows_logp(rows, ids.long(), betas)
+    if scored is not None:
+        out = torch.where(scored[:, None], out, torch.zeros_like(out))
+    if validate:
+        check_finite_rows(out)
+    return out.reshape(*lead, len(betas))
+
+
+@torch.no_grad()
+def temperature_loglik(
+    logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    temperatures: Temperatures,
+    *,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Log-likelihood of each rollout at K virtual temperatures (TAMPO's ``l_k(i)``).
+
+    ``l_k(b) = (1 / |tau_b|) sum_{t: mask[b, t]} log softmax(logits[b, t] / T_k)[tokens[b, t]]``
+
+    Only scored tokens are touched: their rows are gathered a chunk at a time, each chunk
+    upcast to fp32 and read once for all K temperatures (see :func:`chunk_temperature_loglik`).
+
+    Args:
+        logits: ``[B, L, V]`` logits, any float dtype; computation is in fp32.
+        tokens: ``[B, L]`` integer ids; position ``t`` is scored under ``logits[:, t]``
+            (shift them yourself for causal LMs).
+        mask: ``[B, L]``, non-zero = scored (bool, int or float). Unscored positions may hold any
+            id (e.g. -100) and any logits (even NaN): they are never read.
+        temperatures: ``K`` temperatures (sequence or 1-D tensor), finite and > 0.
+        reduction: ``"mean"`` (``[B, K]``, the mean over scored tokens), ``"sum"`` (``[B, K]``)
+            or ``"none"`` (``[B, L, K]`` per token, 0 at unscored positions).
+        chunk_size: scored tokens per chunk; default :func:`default_chunk_size` (2 MiB fp32).
+
+    Returns:
+        fp32 tensor on the device of ``logits``, detached. A row with no scored token gives 0
+        for every temperature (``"mean"`` and ``"sum"``).
+
+    Raises:
+        ValueError: wrong ranks or shapes, bad temperatures, scored token ids outside
+            ``[0, V)``, or NaN/inf in the logits of a scored token.
+    """
+    check_sequence_logits(logits, tokens, mask)
+    check_reduction(reduction)
+    check_chunk_size(chunk_size)
+    betas = inverse_temperatures(temperatures)
+    batch, length, vocab = logits.shape
+    b, t = _scored_positions(mask)
+    ids = tokens[b, t].long()
+    check_tokens_in_vocab(ids, vocab)
+    size = chunk_size or default_chunk_size(vocab, ids.numel())
+
+    def rows_logp(i: int, j: int) -> Tensor:
+        return _rows_logp(logits[b[i:j], t[i:j]], ids[i:j], betas)
+
+    per_token = _map_chunks(ids.numel(), size, len(betas), rows_logp, logits.device)
+    check_finite_rows(per_token, torch.stack([b, t], dim=1))
+    return _reduce(per_token, b, t, batch, length, reduction)
+
+
+@torch.no_grad()
+def temperature_loglik_from_hidden(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tokens: Tensor,
+    mask: Tensor,
+    temperatures: Temperatures,
+    *,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """:func:`temperature_loglik` of ``logits = hidden @ weight.T + bias``, never holding all logits.
+
+    A chunk of scored rows is projected with ``torch.nn.functional.linear`` in the dtype of
+    ``hidden``/``weight`` (as the LM head would), then scored in fp32 at every temperature.
+
+    Args:
+        hidden: ``[B, L, H]`` final hidden states (float).
+        weight: ``[V, H]`` LM head weight (same dtype and device as ``hidden``).
+        bias: ``[V]`` LM head bias, or None.
+        tokens: ``[B, L]`` integer ids, as in :func:`temperature_loglik`.
+        mask: ``[B, L]``, non-zero = scored.
+        temperatures: ``K`` temperatures, finite and > 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in :func:`temperature_loglik`.
+        chunk_size: scored tokens per chunk; default :func:`default_chunk_size` of ``V``.
+
+    Returns:
+        Same as :func:`temperature_loglik` on the projected logits.
+
+    Raises:
+        ValueError: as :func:`temperature_loglik`, plus mismatched ``hidden``/``weight``/``bias``
+            shapes or dtypes.
+    """
+    _check_head(hidden, weight, bias)
+    check_tokens_mask(tokens, mask, shape(hidden)[:2], f"hidden {shape(hidden)}")
+    check_reduction(reduction)
+    check_chunk_size(chunk_size)
+    betas = inverse_temperatures(temperatures)
+    batch, length, _ = hidden.shape
+    vocab = weight.shape[0]
+    b, t = _scored_positions(mask)
+    ids = tokens[b, t].long()
+    check_tokens_in_vocab(ids, vocab)
+    size = chunk_size or default_chunk_size(vocab, ids.numel())
+
+    def rows_logp(i: int, j: int) -> Tensor:
+        return _rows_logp(F.linear(hidden[b[i:j], t[i:j]], weight, bias), ids[i:j], betas)
+
+    per_token = _map_chunks(ids.numel(), size, len(betas), rows_logp, hidden.device)
+    check_finite_rows(per_token, torch.stack([b, t], dim=1))
+    return _reduce(per_token, b, t, batch, length, reduction)
+
+
+def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    """Raise unless hidden ``[B, L, H]``, weight ``[V, H]``, bias ``[V]`` agree in shape and dtype."""
+    check_float(hidden, "hidden")
+    check_float(weight, "weight")
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must have shape [B, L, H], got {shape(hidden)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2] or weight.shape[0] < 1:
+        raise ValueError(
+            f"weight must have shape [V, H] with H = {hidden.shape[2]} (from hidden "
+            f"{shape(hidden)}), got {shape(weight)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight dtype {weight.dtype} must match hidden dtype {hidden.dtype}")
+    if bias is None:
+        return
+    check_float(bias, "bias")
+    if shape(bias) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape [V] = ({weight.shape[0]},), got {shape(bias)}")
+    if bias.dtype != weight.dtype:
+        raise ValueError(f"bias dtype {bias.dtype} must match weight dtype {weight.dtype}")
