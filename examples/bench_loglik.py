@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from metactl.integrations.torch import temperature_loglik, temperature_loglik_from_hidden
 
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from metactl.integrations.trl import MetaGRPOTrainer
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 import metactl as mc
+from metactl.integrations.trl import MetaGRPOTrainer
 
 
 @dataclass

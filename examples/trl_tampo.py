@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from trl import GRPOConfig
+
+import metactl as mc  # metactl:
 from metactl.integrations.trl import MetaGRPOTrainer  # metactl:
 from metactl.integrations.trl.testbed import (
     WarmStartConfig,
@@ -33,9 +36,6 @@ from metactl.integrations.trl.testbed import (
     make_tokenizer,
     warm_start,
 )
-from trl import GRPOConfig
-
-import metactl as mc  # metactl:
 
 
 @dataclass

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from metactl.integrations.torch._checks import (
     check_chunk_size,
     check_finite_rows,
@@ -28,7 +30,6 @@ from metactl.integrations.torch._checks import (
     inverse_temperatures,
     shape,
 )
-from torch import Tensor
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",

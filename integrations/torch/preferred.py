@@ -17,13 +17,14 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
+
 from metactl.integrations.torch._checks import (
     check_chunk_size,
     check_sequence_logits,
     check_tokens_in_vocab,
 )
 from metactl.integrations.torch.loglik import default_chunk_size
-from torch import Tensor
 
 __all__ = ["preferred_temperature"]
 

@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from metactl.integrations.torch import chunk_temperature_loglik, default_chunk_size
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import add_fused_lm_head, maybe_gather_lm_head_ctx
+
+from metactl.integrations.torch import chunk_temperature_loglik, default_chunk_size
 
 
 class RoundTemperature:

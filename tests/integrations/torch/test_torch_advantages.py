@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from metactl.integrations.torch import grpo_advantages
 
 

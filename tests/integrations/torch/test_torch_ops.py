@@ -16,14 +16,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
+from metactl import DependencyNotInstalled
 from metactl.integrations.torch import (
     chunk_temperature_loglik,
     default_chunk_size,
     temperature_loglik,
     temperature_loglik_from_hidden,
 )
-
-from metactl import DependencyNotInstalled
 
 U = 2.0**-24
 TEMPS = [0.05, 0.1, 0.3, 0.7, 1.0, 1.5, 3.0, 10.0]

@@ -12,8 +12,9 @@ import pytest
 pytest.importorskip("trl")
 
 from datasets import Dataset
-from metactl.integrations.trl.testbed import make_model, make_tokenizer
 from trl import GRPOConfig
+
+from metactl.integrations.trl.testbed import make_model, make_tokenizer
 
 
 def digit_reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:

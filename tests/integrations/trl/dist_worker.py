@@ -15,10 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import digit_reward, make_config, make_dataset
-from metactl.integrations.trl import MetaGRPOTrainer
-from metactl.integrations.trl.testbed import make_model, make_tokenizer
 
 import metactl as mc
+from metactl.integrations.trl import MetaGRPOTrainer
+from metactl.integrations.trl.testbed import make_model, make_tokenizer
 
 
 def main(out: str) -> None:

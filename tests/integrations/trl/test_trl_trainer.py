@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 from conftest import digit_reward, make_config, make_dataset
-from metactl.integrations.trl import CONTROLLER_FILE, MetaGRPOTrainer
 from trl import GRPOTrainer
 
 import metactl as mc
+from metactl.integrations.trl import CONTROLLER_FILE, MetaGRPOTrainer
 
 
 class Spy:
