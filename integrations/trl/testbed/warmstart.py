@@ -1,0 +1,217 @@
+"""Supervised warm start to partial accuracy, cached on disk, and greedy evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .model import make_model
+from .tasks import Task, make_task
+from .tokenizer import make_tokenizer
+
+#: Bump when the warm-start procedure changes, so that old caches are not reused.
+WARMSTART_VERSION = 2
+
+
+def cache_dir() -> Path:
+    """Root of metactl's on-disk cache.
+
+    ``$METACTL_CACHE`` if set, else ``$XDG_CACHE_HOME/metactl``, else ``~/.cache/metactl``.
+    """
+    if os.environ.get("METACTL_CACHE"):
+        return Path(os.environ["METACTL_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "metactl"
+
+
+def greedy_answers(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 256
+) -> list[str]:
+    """Greedy completions of ``prompts`` (special tokens stripped)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), batch_size):
+                enc = tokenizer(
+                    prompts[i : i + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                ).to(model.device)
+                gen = model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+                new = gen[:, enc["input_ids"].shape[1] :]
+                out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate(model: Any, tokenizer: Any, task: Task, split: str = "eval") -> float:
+    """Greedy accuracy (mean reward) of ``model`` on ``task``'s ``split`` ("eval" or "train")."""
+    ds = task.eval if split == "eval" else task.train
+    answers = greedy_answers(model, tokenizer, list(ds["prompt"]), task.max_completion_length)
+    return float(np.mean(task.score(answers, split=split)))
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Settings of a supervised warm start; the cache key is their hash.
+
+    Attributes:
+        task: task name.
+        difficulty: task difficulty.
+        size: model size preset.
+        seed: model initialisation, data and batch-order seed.
+        target_accuracy: stop at the first check where held-out greedy accuracy reaches it.
+        max_steps: stop here regardless.
+        batch_size: sequences per step.
+        lr: AdamW learning rate.
+        check_every: steps between accuracy checks.
+    """
+
+    task: str = "addition"
+    difficulty: int = 2
+    size: str = "tiny"
+    seed: int = 0
+    target_accuracy: float = 0.3
+    max_steps: int = 4000
+    batch_size: int = 64
+    lr: float = 1e-3
+    check_every: int = 25
+
+    def key(self) -> str:
+        """Short stable hash of the settings (and the procedure version)."""
+        text = json.dumps({**asdict(self), "version": WARMSTART_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def path(self) -> Path:
+        """Cache folder of this warm start."""
+        name = f"{self.task}-d{self.difficulty}-{self.size}-s{self.seed}-{self.key()}"
+        return cache_dir() / "warmstart" / name
+
+
+def _train(cfg: WarmStartConfig, verbose: bool) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    tok = make_tokenizer()
+    model = make_model(tok, seed=cfg.seed, size=cfg.size)  # type: ignore[arg-type]
+    task = make_task(cfg.task, difficulty=cfg.difficulty, seed=cfg.seed)
+    # Validation prompts come from the train half, so the stopping rule never sees eval prompts.
+    val = task.train.select(range(min(200, len(task.train))))
+    val_task = Task(
+        task.name,
+        task.difficulty,
+        task.seed,
+        task.train,
+        val,
+        task.reward_func,
+        task.max_completion_length,
+    )
+    rows = [p + a for p, a in zip(task.train["prompt"], task.train["answer"], strict=True)]
+    plens = [len(p) for p in task.train["prompt"]]
+    eos = tok.eos_token_id
+    ids = [tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in rows]
+    width = max(len(x) for x in ids)
+    x = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(ids), width), -100, dtype=torch.long)
+    attn = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, (seq, pl) in enumerate(zip(ids, plens, strict=True)):
+        x[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        labels[i, pl : len(seq)] = torch.tensor(seq[pl:])  # loss on the answer and <eos> only
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    model.train()
+    t0 = time.perf_counter()
+    acc = 0.0
+    step = 0
+    while step < cfg.max_steps:
+        idx = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
+        out = model(input_ids=x[idx], attention_mask=attn[idx], labels=labels[idx])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        step += 1
+        if step % cfg.check_every == 0:
+            acc = evaluate(model, tok, val_task)
+            if verbose:
+                print(
+                    f"warm start step {step}: loss {out.loss.item():.3f} val acc {acc:.3f}",
+                    flush=True,
+                )
+            if acc >= cfg.target_accuracy:
+                break
+    model.eval()
+    held_out = evaluate(model, tok, task)
+    meta = {
+        "config": asdict(cfg),
+        "version": WARMSTART_VERSION,
+        "steps": step,
+        "val_accuracy": acc,
+        "eval_accuracy": held_out,
+        "seconds": time.perf_counter() - t0,
+    }
+    return model, meta
+
+
+def warm_start(
+    cfg: WarmStartConfig | None = None, *, use_cache: bool = True, verbose: bool = False
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Return a supervised warm-started model, training it once and caching it.
+
+    The model is trained on ``prompt + answer + <eos>`` (loss on the answer only) until
+    greedy accuracy on a validation slice of the train split reaches
+    ``cfg.target_accuracy``. It is saved with ``save_pretrained`` (safetensors, no
+    pickle) under :func:`cache_dir` ``/warmstart/<settings>-<hash>``; later calls with
+    the same settings load it instead of training.
+
+    Args:
+        cfg: warm-start settings (defaults: addition, 2 digits, tiny model, seed 0).
+        use_cache: read and write the on-disk cache.
+        verbose: print progress.
+
+    Returns:
+        ``(model, tokenizer, meta)``; ``meta`` holds the settings, steps, accuracies and
+        training seconds.
+    """
+    from transformers import Qwen2ForCausalLM
+
+    cfg = cfg or WarmStartConfig()
+    tok = make_tokenizer()
+    path = cfg.path()
+    meta_file = path / "warmstart.json"
+    if use_cache and meta_file.exists():
+        meta: dict[str, Any] = json.loads(meta_file.read_text())
+        model = Qwen2ForCausalLM.from_pretrained(path)
+        return model, tok, meta
+    model, meta = _train(cfg, verbose)
+    if use_cache:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        (tmp / "warmstart.json").write_text(json.dumps(meta, indent=2))
+        try:
+            tmp.rename(path)
+        except OSError:  # another process won the race; its copy is identical
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta["cached"] = False
+    return model, tok, meta

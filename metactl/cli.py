@@ -1,0 +1,202 @@
+"""The ``metactl`` command line: ``demo``, ``compare`` and ``plot``.
+
+``metactl demo`` trains a tiny language model with GRPO on a synthetic task and
+compares TAMPO with fixed temperatures; ``metactl compare CONFIG.yaml`` runs any
+set of controllers; ``metactl plot RUN_DIR`` redraws the report of a finished or
+interrupted run. torch, transformers and TRL are imported inside the commands
+that need them, so ``import metactl`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metactl.compare_config import CompareConfig, ConfigError, demo_config, load_config
+
+
+def _default_out(kind: str) -> Path:
+    return Path("metactl-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _command_line(argv: Sequence[str] | None) -> str:
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["metactl", *args])
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    from metactl.report import summary_table
+
+    print()
+    print(summary_table(summary))
+    print()
+    if not summary["complete"]:
+        print(
+            f"(incomplete: {summary['finished_runs']} of {summary['expected_runs']} runs finished)"
+        )
+    print(
+        f"report: {out / 'report.md'}  figure: {out / 'report.png'}  summary: {out / 'summary.json'}"
+    )
+
+
+def _run(
+    cfg: CompareConfig, out: Path, args: argparse.Namespace, argv: Sequence[str] | None
+) -> int:
+    import importlib
+    import warnings
+
+    try:
+        # metactl.integrations lives outside the core package (and mypy's view of it).
+        run_compare = importlib.import_module("metactl.integrations.trl.testbed.runner").run_compare
+    except ImportError as exc:  # DependencyNotInstalled is an ImportError
+        print(f"metactl: {exc}", file=sys.stderr)
+        return 1
+    torch = importlib.import_module("torch")
+
+    # The testbed's model is tiny: one thread per run is as fast as several and does not
+    # oversubscribe a busy machine (spinning threads can slow a step tenfold).
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
+    # The job's own progress bar is the only one (no "Loading weights" bars per run).
+    importlib.import_module("transformers.utils.logging").disable_progress_bar()
+    print(
+        f"metactl: {len(cfg.controllers)} controllers x {len(cfg.seed_list())} seeds, "
+        f"{cfg.steps} GRPO steps each, task {cfg.task} (difficulty {cfg.difficulty}) -> {out}",
+        flush=True,
+    )
+    try:
+        summary = run_compare(
+            cfg,
+            out,
+            command=_command_line(argv),
+            resume=args.resume,
+            progress=not args.no_progress,
+            figure=not args.no_plot,
+        )
+    except KeyboardInterrupt:
+        print(f"\nmetactl: interrupted; finished runs and the report are in {out}", file=sys.stderr)
+        return 130
+    _print_summary(summary, out)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    cfg = demo_config(quick=args.quick, seeds=args.seeds)
+    if args.steps is not None:
+        cfg = cfg.model_copy(update={"steps": args.steps})
+    return _run(cfg, Path(args.out) if args.out else _default_out("demo"), args, argv)
+
+
+def _cmd_compare(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"metactl: {exc}", file=sys.stderr)
+        return 2
+    updates: dict[str, Any] = {}
+    if args.seeds is not None:
+        updates["seeds"] = args.seeds
+    if args.steps is not None:
+        updates["steps"] = args.steps
+    if updates:
+        cfg = cfg.model_copy(update=updates)
+    return _run(cfg, Path(args.out) if args.out else _default_out("compare"), args, argv)
+
+
+def _cmd_plot(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from metactl.report import write_report
+
+    out = Path(args.run_dir)
+    if not (out / "runs").is_dir():
+        print(f"metactl: {out} is not a metactl run folder (no runs/ inside)", file=sys.stderr)
+        return 2
+    try:
+        summary = write_report(out, figure=True)
+    except ImportError as exc:
+        print(f"metactl: {exc}", file=sys.stderr)
+        return 1
+    _print_summary(summary, out)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``metactl`` command."""
+    parser = argparse.ArgumentParser(
+        prog="metactl",
+        description="Adaptive temperature for RL training: demos, comparisons and reports.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", help="output folder (default: metactl-runs/<command>-<time>)")
+        p.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
+        p.add_argument(
+            "--steps", type=_positive_int, help="GRPO steps per run (overrides the config)"
+        )
+        p.add_argument("--resume", action="store_true", help="keep finished runs already in --out")
+        p.add_argument(
+            "--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)"
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--no-plot", action="store_true", help="skip report.png")
+
+    demo = sub.add_parser(
+        "demo",
+        help="GRPO on a tiny LM: TAMPO against fixed temperatures 0.6, 1.0, 1.4",
+        description="Train a tiny causal LM with GRPO (MetaGRPOTrainer) on 2-digit addition, "
+        "comparing TAMPO with fixed temperatures 0.6, 1.0 and 1.4. 3 seeds (about 10 minutes on "
+        "2 CPU cores); --quick: 1 seed.",
+    )
+    demo.add_argument("--quick", action="store_true", help="one seed (about 2 minutes)")
+    run_options(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    compare = sub.add_parser(
+        "compare",
+        help="run the controllers of a YAML config side by side",
+        description="Run every controller of CONFIG (YAML or JSON) on the same task and seeds. "
+        "See docs/testbed.md for the format.",
+    )
+    compare.add_argument("config", help="compare config (.yaml, .yml or .json)")
+    run_options(compare)
+    compare.set_defaults(func=_cmd_compare)
+
+    plot = sub.add_parser(
+        "plot",
+        help="rewrite summary.json, report.md and report.png of a run folder",
+        description="Regenerate the report of a finished or interrupted run folder.",
+    )
+    plot.add_argument("run_dir", help="the --out folder of a demo or compare run")
+    plot.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metactl`` console script.
+
+    Returns:
+        The exit status: 0 success, 1 missing dependency, 2 bad input, 130 interrupted.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    status: int = args.func(args, argv)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

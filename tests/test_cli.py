@@ -1,0 +1,371 @@
+"""``metactl`` command line, compare config validation and reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import metactl as mc
+from metactl.cli import build_parser, main
+from metactl.compare_config import (
+    CONTROLLER_KINDS,
+    CompareConfig,
+    ConfigError,
+    demo_config,
+    load_config,
+    parse_config,
+)
+from metactl.report import collect, mean_ci95, read_jsonl, write_report
+
+
+def _cfg(*controllers: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"controllers": list(controllers), **top}
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_demo_config_is_tampo_against_fixed_temperatures() -> None:
+    cfg = demo_config()
+    assert [c.label() for c in cfg.controllers] == ["TAMPO", "T=0.6", "T=1", "T=1.4"]
+    assert cfg.seed_list() == [0, 1, 2]
+    assert demo_config(quick=True).seed_list() == [0]
+    assert demo_config(quick=True, seeds=2).seed_list() == [0, 1]
+
+
+def test_every_controller_kind_builds_the_documented_object() -> None:
+    cfg = parse_config(
+        _cfg(
+            {"kind": "tampo", "ema": 0.1, "top_p": 0.9},
+            {"kind": "meta_gradient"},
+            {"kind": "meta_gradient", "space": "box", "low": 0.5, "high": 2.0},
+            {"kind": "sliding_window_ucb", "window": 50},
+            {"kind": "schedule", "start": 0.9, "end": 1.5},
+            {"kind": "entropy_target"},
+            {"kind": "fixed", "temperature": 0.6},
+        )
+    )
+    built = [c.build(seed=0, steps=cfg.steps, vocab_size=50) for c in cfg.controllers]
+    types = [type(c) for c in built]
+    assert types == [
+        mc.TAMPO,
+        mc.MetaGradient,
+        mc.MetaGradient,
+        mc.SlidingWindowUCB,
+        mc.Schedule,
+        mc.EntropyTarget,
+        mc.Fixed,
+    ]
+    assert isinstance(built[2].space, mc.Box) and built[2].space.log
+    assert built[4].value_at(cfg.steps) == pytest.approx(1.5)  # linear over the run's steps
+    assert {c.kind for c in cfg.controllers} == set(CONTROLLER_KINDS)
+    labels = [c.label() for c in cfg.controllers]
+    assert len(set(labels)) == len(labels)
+
+
+def test_unknown_controller_is_rejected_naming_the_entry() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_cfg({"kind": "tampo"}, {"kind": "pbt"}))
+    msg = str(info.value)
+    assert "controllers[1]" in msg and "'pbt'" in msg and "tampo" in msg
+
+
+def test_negative_temperature_is_rejected_naming_the_field() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_cfg({"kind": "fixed", "temperature": -0.5}))
+    msg = str(info.value)
+    assert "controllers[0] (fixed).temperature" in msg and "greater than 0" in msg and "-0.5" in msg
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (_cfg({"kind": "tampo", "temperatures": [0.6, -1.0]}), "temperatures"),
+        (_cfg({"kind": "tampo", "emma": 0.1}), "emma"),
+        (_cfg({"kind": "entropy_target", "low": 2.0, "high": 1.0}), "low must be < high"),
+        (_cfg({"kind": "schedule", "end": 0}), "end"),
+        (_cfg({"kind": "fixed", "temperature": 1}, task="chess"), "task"),
+        (_cfg({"kind": "fixed", "temperature": 1}, difficulty=40), "difficulty"),
+        (_cfg({"kind": "fixed", "temperature": 1}, steps=0), "steps"),
+        (_cfg({"kind": "fixed", "temperature": 1}, seeds=[1, 1]), "seeds"),
+        (
+            _cfg({"kind": "fixed", "temperature": 1}, {"kind": "fixed", "temperature": 1.0}),
+            "distinct",
+        ),
+        ({"controllers": []}, "controllers"),
+        ({"task": "addition"}, "controllers"),
+        ([1, 2], "mapping"),
+    ],
+)
+def test_bad_configs_name_the_field(data: Any, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(data)
+
+
+def test_load_config_reads_yaml_and_json(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")
+    y = tmp_path / "c.yaml"
+    y.write_text("task: sorting\ndifficulty: 4\nseeds: [3, 5]\ncontrollers:\n  - kind: tampo\n")
+    cfg = load_config(y)
+    assert isinstance(cfg, CompareConfig) and cfg.seed_list() == [3, 5] and cfg.task == "sorting"
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps(_cfg({"kind": "fixed", "temperature": 0.7})))
+    assert load_config(j).controllers[0].label() == "T=0.7"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("controllers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_compare_with_bad_config_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("yaml")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("controllers:\n  - kind: tampo\n  - kind: fixed\n    temperature: -1.0\n")
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    status = main(["compare", str(cfg), "--out", str(out)])
+    assert status == 2
+    assert time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err
+    assert "controllers[1] (fixed).temperature" in err
+    assert not out.exists()
+
+
+def test_core_cli_import_stays_light() -> None:
+    code = (
+        "import sys, metactl.cli, metactl.compare_config, metactl.report;"
+        "bad = [m for m in ('torch', 'transformers', 'trl', 'matplotlib') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_parser_has_the_documented_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--quick", "--out", "x", "--seeds", "2"])
+    assert args.quick and args.out == "x" and args.seeds == 2
+    assert parser.parse_args(["compare", "c.yaml"]).config == "c.yaml"
+    assert parser.parse_args(["plot", "runs"]).run_dir == "runs"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--seeds", "0"])
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def test_mean_ci95() -> None:
+    m, lo, hi = mean_ci95([0.5, 0.6, 0.7])
+    assert m == pytest.approx(0.6)
+    assert lo == pytest.approx(0.6 - 4.302653 * 0.1 / 3**0.5, rel=1e-5)
+    assert hi == pytest.approx(2 * 0.6 - lo)
+    assert mean_ci95([0.4]) == (0.4, 0.4, 0.4)
+
+
+def _fake_run(out: Path, label: str, slug: str, seed: int, *, finished: bool, kind: str) -> None:
+    rd = out / "runs" / slug / f"seed{seed}"
+    rd.mkdir(parents=True)
+    lines = [{"step": 0, "eval/accuracy": 0.4}]
+    for s in range(1, 21):
+        rec: dict[str, Any] = {"step": s, "meta/temperature": 0.6 + 0.1 * (s % 3)}
+        if kind == "tampo":
+            rec.update({f"meta/prob/{t:g}": 1 / 3 for t in (0.6, 0.7, 0.8)})
+        lines.append(rec)
+        if s % 10 == 0:
+            lines.append({"step": s, "eval/accuracy": 0.4 + 0.01 * s + 0.01 * seed})
+    text = "\n".join(json.dumps(x) for x in lines) + "\n"
+    if not finished:
+        text += '{"step": 21, "meta/tempera'  # torn line of a killed process
+    (rd / "metrics.jsonl").write_text(text)
+    (rd / "rollouts.jsonl").write_text(
+        json.dumps({"step": 10, "advantage": [1.0, -0.5, -0.5], "preferred": [0.7, 1.2, 1.4]})
+        + "\n"
+    )
+    if finished:
+        curve = [[0, 0.4], [10, 0.5 + 0.01 * seed], [20, 0.6 + 0.01 * seed]]
+        (rd / "result.json").write_text(
+            json.dumps(
+                {
+                    "controller": label,
+                    "kind": kind,
+                    "seed": seed,
+                    "steps": 20,
+                    "initial_accuracy": 0.4,
+                    "final_accuracy": 0.6 + 0.01 * seed,
+                    "auc": 0.5,
+                    "curve": curve,
+                    "wall_time_s": 3.0,
+                }
+            )
+        )
+
+
+def _interrupted_folder(out: Path) -> None:
+    out.mkdir()
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "config": {"task": "addition", "difficulty": 2, "steps": 20},
+                "command": "metactl demo --quick",
+                "versions": {"metactl": mc.__version__},
+                "labels": ["TAMPO", "T=0.6"],
+                "slugs": {"TAMPO": "TAMPO", "T0.6": "T=0.6"},
+                "expected_runs": 4,
+            }
+        )
+    )
+    _fake_run(out, "TAMPO", "TAMPO", 0, finished=True, kind="tampo")
+    _fake_run(out, "T=0.6", "T0.6", 0, finished=True, kind="fixed")
+    _fake_run(out, "TAMPO", "TAMPO", 1, finished=False, kind="tampo")
+
+
+def test_read_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a"')
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+
+
+def test_plot_on_an_interrupted_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    _interrupted_folder(out)
+    assert main(["plot", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False
+    assert summary["finished_runs"] == 2 and summary["expected_runs"] == 4
+    assert summary["incomplete"] == [{"run": "runs/TAMPO/seed1", "last_step": 20}]
+    assert list(summary["controllers"]) == ["TAMPO", "T=0.6"]
+    assert summary["controllers"]["TAMPO"]["final_accuracy"] == [0.6]
+    report = (out / "report.md").read_text()
+    assert (
+        "Incomplete run" in report
+        and "| TAMPO | 1 |" in report
+        and "metactl demo --quick" in report
+    )
+    assert (out / "report.png").stat().st_size > 10_000
+    assert "TAMPO" in capsys.readouterr().out
+
+
+def test_plot_rejects_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    assert main(["plot", str(tmp_path)]) == 2
+
+
+def test_collect_without_config_still_summarises(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    _fake_run(out, "T=0.6", "T0.6", 0, finished=True, kind="fixed")
+    _fake_run(out, "T=0.6", "T0.6", 1, finished=True, kind="fixed")
+    s = collect(out)
+    c = s["controllers"]["T=0.6"]
+    assert c["seeds"] == [0, 1] and c["final_accuracy_ci95"][0] < c["final_accuracy_mean"]
+    assert write_report(out, figure=False)["finished_runs"] == 2
+
+
+# --- end to end (torch, transformers, TRL) -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path: Path) -> None:
+    """`metactl demo --quick` (fewer steps) through MetaGRPOTrainer; its outputs parse."""
+    pytest.importorskip("trl")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo"
+    env = {**__import__("os").environ, "METACTL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "metactl.cli", "demo", "--quick", "--steps", "6", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| TAMPO | 1 |" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["finished_runs"] == 4
+    assert list(summary["controllers"]) == ["TAMPO", "T=0.6", "T=1", "T=1.4"]
+    for c in summary["controllers"].values():
+        assert len(c["final_accuracy"]) == 1 and 0.0 <= c["final_accuracy"][0] <= 1.0
+    assert "metactl demo --quick" in (out / "report.md").read_text()
+    assert (out / "report.png").stat().st_size > 10_000
+    recs = read_jsonl(out / "runs" / "TAMPO" / "seed0" / "metrics.jsonl")
+    temps = [r["meta/temperature"] for r in recs if "meta/temperature" in r]
+    assert len(temps) == 6 and all(0.6 <= t <= 1.5 for t in temps)
+    assert any(k.startswith("meta/prob/") for r in recs for k in r)
+    fixed = read_jsonl(out / "runs" / "T0.6" / "seed0" / "metrics.jsonl")
+    assert {r["meta/temperature"] for r in fixed if "meta/temperature" in r} == {0.6}
+    assert [r["step"] for r in recs if "eval/accuracy" in r] == [0, 6]
+    result = json.loads((out / "runs" / "TAMPO" / "seed0" / "result.json").read_text())
+    assert result["controller_state"]  # JSON state of the controller
+    # Interrupt it after the fact: drop a finished run's result; the report says so.
+    (out / "runs" / "T1.4" / "seed0" / "result.json").unlink()
+    assert main(["plot", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["finished_runs"] == 3
+
+
+def test_interrupted_compare_keeps_finished_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("trl")
+    pytest.importorskip("matplotlib")
+    from metactl.integrations.trl.testbed import runner
+
+    calls: list[tuple[int, int]] = []
+
+    def fake_run_one(cfg: CompareConfig, index: int, seed: int, run_dir: Path, **kw: Any) -> Any:
+        if calls:
+            raise KeyboardInterrupt
+        calls.append((index, seed))
+        label = cfg.controllers[index].label()
+        _fake_run(
+            run_dir.parent.parent.parent,
+            label,
+            run_dir.parent.name,
+            seed,
+            finished=True,
+            kind="tampo",
+        )
+        return json.loads((run_dir / "result.json").read_text())
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    monkeypatch.setattr(runner, "warm_start", lambda *a, **k: None)
+    cfg = demo_config(quick=True)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_compare(cfg, out, command="metactl demo --quick", progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished_runs"] == 1 and summary["complete"] is False
+    assert (out / "report.png").exists()
+    # --resume keeps the finished run and reruns the rest.
+    calls.clear()
+    seen: list[tuple[int, int]] = []
+
+    def record(cfg: CompareConfig, index: int, seed: int, run_dir: Path, **kw: Any) -> Any:
+        seen.append((index, seed))
+        label = cfg.controllers[index].label()
+        _fake_run(
+            run_dir.parent.parent.parent,
+            label,
+            run_dir.parent.name,
+            seed,
+            finished=True,
+            kind="fixed",
+        )
+        return json.loads((run_dir / "result.json").read_text())
+
+    monkeypatch.setattr(runner, "run_one", record)
+    summary = runner.run_compare(cfg, out, resume=True, progress=False, figure=False)
+    assert seen == [(1, 0), (2, 0), (3, 0)]
+    assert summary["complete"] is True
