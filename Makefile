@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check metactl integrations
+	$(VENV)/bin/ruff format --check metactl integrations tests examples
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -166,8 +166,9 @@ def warm_up(args: Args, device: torch.device) -> None:
         temperature_loglik_from_hidden(h, w, None, o, m, [1.0, 2.0])
 
 
-def bench_config(args: Args, vocab: int, dtype_name: str, mem: PeakMemory,
-                 device: torch.device) -> list[dict[str, object]]:
+def bench_config(
+    args: Args, vocab: int, dtype_name: str, mem: PeakMemory, device: torch.device
+) -> list[dict[str, object]]:
     """All measurements of one (V, dtype), one JSON-ready dict per K."""
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -179,7 +180,9 @@ def bench_config(args: Args, vocab: int, dtype_name: str, mem: PeakMemory,
     rows = []
     for k in args.ks:
         temps = temperatures(k)
-        t_a, m_a = measure(lambda temps=temps: temperature_loglik(logits, tokens, mask, temps), mem, args.repeats)
+        t_a, m_a = measure(
+            lambda temps=temps: temperature_loglik(logits, tokens, mask, temps), mem, args.repeats
+        )
         t_b, m_b = measure(lambda temps=temps: naive(logits, tokens, temps), mem, args.repeats)
         rows.append({"k": k, "a": (t_a, m_a), "b": (t_b, m_b)})
     logits_bytes = logits.numel() * logits.element_size()
@@ -190,28 +193,40 @@ def bench_config(args: Args, vocab: int, dtype_name: str, mem: PeakMemory,
     for row in rows:
         temps = temperatures(row["k"])
         t_d, m_d = measure(
-            lambda temps=temps: temperature_loglik_from_hidden(hidden, weight, None, tokens, mask,
-                                                               temps),
+            lambda temps=temps: temperature_loglik_from_hidden(
+                hidden, weight, None, tokens, mask, temps
+            ),
             mem,
             args.repeats,
         )
         (t_a, m_a), (t_b, m_b) = row["a"], row["b"]
-        out.append({
-            "V": vocab, "tokens": args.tokens, "K": row["k"], "dtype": dtype_name,
-            "device": str(device), "threads": torch.get_num_threads(),
-            "logits_MB": round(logits_bytes / 2**20, 1),
-            "loglik_s": round(t_a, 4), "naive_s": round(t_b, 4), "single_s": round(t_single, 4),
-            "from_hidden_s": round(t_d, 4), "project_s": round(t_proj, 4),
-            "loglik_MB": round(m_a / 2**20, 1), "naive_MB": round(m_b / 2**20, 1),
-            "single_MB": round(m_single / 2**20, 1), "from_hidden_MB": round(m_d / 2**20, 1),
-            "project_MB": round(m_proj / 2**20, 1),
-            "time_loglik/naive": round(t_a / t_b, 3),
-            "time_loglik/single": round(t_a / t_single, 3),
-            "time_from_hidden/project": round(t_d / t_proj, 3),
-            "mem_loglik/naive": round(m_a / max(m_b, 1), 4),
-            "mem_loglik/logits": round(m_a / logits_bytes, 4),
-            "mem_from_hidden/logits": round(m_d / logits_bytes, 4),
-        })
+        out.append(
+            {
+                "V": vocab,
+                "tokens": args.tokens,
+                "K": row["k"],
+                "dtype": dtype_name,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "logits_MB": round(logits_bytes / 2**20, 1),
+                "loglik_s": round(t_a, 4),
+                "naive_s": round(t_b, 4),
+                "single_s": round(t_single, 4),
+                "from_hidden_s": round(t_d, 4),
+                "project_s": round(t_proj, 4),
+                "loglik_MB": round(m_a / 2**20, 1),
+                "naive_MB": round(m_b / 2**20, 1),
+                "single_MB": round(m_single / 2**20, 1),
+                "from_hidden_MB": round(m_d / 2**20, 1),
+                "project_MB": round(m_proj / 2**20, 1),
+                "time_loglik/naive": round(t_a / t_b, 3),
+                "time_loglik/single": round(t_a / t_single, 3),
+                "time_from_hidden/project": round(t_d / t_proj, 3),
+                "mem_loglik/naive": round(m_a / max(m_b, 1), 4),
+                "mem_loglik/logits": round(m_a / logits_bytes, 4),
+                "mem_from_hidden/logits": round(m_d / logits_bytes, 4),
+            }
+        )
     return out
 
 

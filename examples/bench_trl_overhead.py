@@ -58,17 +58,27 @@ def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
         padding_side="left",
     )
 
 
 def make_model(tok: PreTrainedTokenizerFast, args: Args) -> Qwen2ForCausalLM:
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+        vocab_size=len(tok),
+        hidden_size=args.hidden_size,
+        intermediate_size=4 * args.hidden_size,
         num_hidden_layers=args.layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-        tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
@@ -88,19 +98,34 @@ def run(meta: bool, args: Args, tok: PreTrainedTokenizerFast, data: Dataset) -> 
     """Wall time of one training run and its peak RSS growth over the start of the run."""
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, per_device_train_batch_size=args.batch, num_generations=args.batch,
-            max_completion_length=args.completion_length, max_steps=args.steps,
-            learning_rate=1e-4, lr_scheduler_type="constant", report_to="none",
-            save_strategy="no", logging_steps=1, seed=args.seed, use_cpu=True, bf16=False,
-            gradient_checkpointing=False, disable_tqdm=True, temperature=1.0,
+            output_dir=out,
+            per_device_train_batch_size=args.batch,
+            num_generations=args.batch,
+            max_completion_length=args.completion_length,
+            max_steps=args.steps,
+            learning_rate=1e-4,
+            lr_scheduler_type="constant",
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            seed=args.seed,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            disable_tqdm=True,
+            temperature=1.0,
         )
         common = dict(
-            model=make_model(tok, args), reward_funcs=reward, args=config,
-            train_dataset=data, processing_class=tok,
+            model=make_model(tok, args),
+            reward_funcs=reward,
+            args=config,
+            train_dataset=data,
+            processing_class=tok,
         )
         trainer = (
             MetaGRPOTrainer(**common, controller=mc.TAMPO(seed=args.seed))
-            if meta else GRPOTrainer(**common)
+            if meta
+            else GRPOTrainer(**common)
         )
         gc.collect()
         base, peak, done = rss_bytes(), [0], threading.Event()
@@ -130,29 +155,41 @@ def main(args: Args) -> None:
     times: dict[bool, list[float]] = {False: [], True: []}
     mems: dict[bool, list[int]] = {False: [], True: []}
     for r in range(args.repeats):
-        for meta in ((False, True) if r % 2 == 0 else (True, False)):
+        for meta in (False, True) if r % 2 == 0 else (True, False):
             t, m = run(meta, args, tok, data)
             times[meta].append(t)
             mems[meta].append(m)
     t_plain, t_meta = statistics.median(times[False]), statistics.median(times[True])
     m_plain, m_meta = max(mems[False]), max(mems[True])
-    print(json.dumps({
-        "benchmark": "trl_overhead",
-        "vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "layers": args.layers,
-        "steps": args.steps, "repeats": args.repeats,
-        "batch": args.batch, "completion_length": args.completion_length, "K": 10,
-        "grpo_time_s": round(t_plain, 4), "meta_time_s": round(t_meta, 4),
-        "time_ratio": round(t_meta / t_plain, 4),
-        "grpo_peak_rss_growth_mb": round(m_plain / 2**20, 2),
-        "meta_peak_rss_growth_mb": round(m_meta / 2**20, 2),
-        "peak_memory_ratio": round(m_meta / m_plain, 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "trl_overhead",
+                "vocab_size": args.vocab_size,
+                "hidden_size": args.hidden_size,
+                "layers": args.layers,
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "batch": args.batch,
+                "completion_length": args.completion_length,
+                "K": 10,
+                "grpo_time_s": round(t_plain, 4),
+                "meta_time_s": round(t_meta, 4),
+                "time_ratio": round(t_meta / t_plain, 4),
+                "grpo_peak_rss_growth_mb": round(m_plain / 2**20, 2),
+                "meta_peak_rss_growth_mb": round(m_meta / 2**20, 2),
+                "peak_memory_ratio": round(m_meta / m_plain, 4),
+            }
+        )
+    )
 
 
 def parse_args(argv: list[str]) -> Args:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=type(f.default), default=f.default
+        )
     return Args(**vars(parser.parse_args(argv)))
 
 

@@ -82,7 +82,9 @@ def parse_args(argv: list[str]) -> Args:
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def math_reward(prompts: list[Any], completions: list[Any], answer: list[str], **kwargs: Any) -> list[float]:
+def math_reward(
+    prompts: list[Any], completions: list[Any], answer: list[str], **kwargs: Any
+) -> list[float]:
     """1.0 when the completion's final answer (``\\boxed{...}`` or its last number) is ``answer``."""
     scores = []
     for completion, target in zip(completions, answer, strict=True):
@@ -107,7 +109,9 @@ def main(args: Args) -> None:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype="auto")
         reward_funcs: Any = math_reward
     elif args.warm_start:
-        model, tokenizer, _ = warm_start(WarmStartConfig(task=args.task, difficulty=args.difficulty, seed=args.seed))
+        model, tokenizer, _ = warm_start(
+            WarmStartConfig(task=args.task, difficulty=args.difficulty, seed=args.seed)
+        )
         reward_funcs = task.reward_func
     else:
         tokenizer = make_tokenizer()
@@ -121,7 +125,9 @@ def main(args: Args) -> None:
     elif args.controller == "fixed":  # metactl: the baseline, GRPOTrainer's behaviour
         controller = mc.Fixed(args.temperature)
     else:
-        raise ValueError(f"--controller: expected tampo, metagradient or fixed, got {args.controller!r}")
+        raise ValueError(
+            f"--controller: expected tampo, metagradient or fixed, got {args.controller!r}"
+        )
 
     on_gpu = torch.cuda.is_available()
     config = GRPOConfig(
@@ -155,12 +161,20 @@ def main(args: Args) -> None:
     )
     trainer.train(resume_from_checkpoint=args.resume_from or None)
 
-    temperatures = [h["meta/temperature"] for h in trainer.state.log_history if "meta/temperature" in h]
+    temperatures = [
+        h["meta/temperature"] for h in trainer.state.log_history if "meta/temperature" in h
+    ]
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     print(f"temperatures per round: {[round(t, 3) for t in temperatures]}")
     print(f"mean reward, first / last round: {rewards[0]:.3f} / {rewards[-1]:.3f}")
     if isinstance(controller.space, mc.Discrete) and args.controller == "tampo":  # metactl:
-        probs = dict(zip(controller.space.values.tolist(), np.round(controller.probs, 3).tolist(), strict=True))
+        probs = dict(
+            zip(
+                controller.space.values.tolist(),
+                np.round(controller.probs, 3).tolist(),
+                strict=True,
+            )
+        )
         print(f"meta-policy: {probs}")
 
 

@@ -38,7 +38,9 @@ def check_float(t: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
 
 
-def check_tokens_mask(tokens: Tensor, mask: Tensor | None, lead: tuple[int, ...], source: str) -> None:
+def check_tokens_mask(
+    tokens: Tensor, mask: Tensor | None, lead: tuple[int, ...], source: str
+) -> None:
     """Raise unless ``tokens`` (integer) and ``mask`` have shape ``lead`` (the leading dims of ``source``)."""
     if not isinstance(tokens, Tensor):
         raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")

@@ -50,7 +50,11 @@ def _std(x: Tensor, dim: int | None = None) -> Tensor:
     """Unbiased std (``torch.std``) over ``dim``, or 0 where a single element is reduced."""
     n = x.numel() if dim is None else x.shape[dim]
     if n < 2:
-        return torch.zeros((), dtype=x.dtype, device=x.device) if dim is None else x.new_zeros(x.shape[0])
+        return (
+            torch.zeros((), dtype=x.dtype, device=x.device)
+            if dim is None
+            else x.new_zeros(x.shape[0])
+        )
     return x.std() if dim is None else x.std(dim=dim)
 
 

@@ -95,8 +95,9 @@ def _rows_logp(logits: Tensor, tokens: Tensor, betas: Sequence[float]) -> Tensor
     return d_o * beta_row - log_norm
 
 
-def _map_chunks(n: int, chunk_size: int, k: int, rows_logp: Callable[[int, int], Tensor],
-                device: torch.device) -> Tensor:
+def _map_chunks(
+    n: int, chunk_size: int, k: int, rows_logp: Callable[[int, int], Tensor], device: torch.device
+) -> Tensor:
     """``[n, K]`` fp32: ``rows_logp(i, j)`` (the ``[j - i, K]`` log-probs of rows i..j) over chunks."""
     out = torch.empty(n, k, dtype=torch.float32, device=device)
     for start in range(0, n, chunk_size):
@@ -111,8 +112,9 @@ def _scored_positions(mask: Tensor) -> tuple[Tensor, Tensor]:
     return b, t
 
 
-def _reduce(per_token: Tensor, b: Tensor, t: Tensor, batch: int, length: int,
-            reduction: str) -> Tensor:
+def _reduce(
+    per_token: Tensor, b: Tensor, t: Tensor, batch: int, length: int, reduction: str
+) -> Tensor:
     """Scatter ``[N, K]`` per-token values to ``[B, L, K]`` or reduce them per row to ``[B, K]``.
 
     Unscored positions hold 0 (``"none"``); rows without a scored token give 0 (``"mean"``, ``"sum"``).

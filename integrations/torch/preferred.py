@@ -163,7 +163,9 @@ def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     try:
         low, high = (float(x) for x in bounds)
     except (TypeError, ValueError):
-        raise ValueError(f"bounds must be a pair (low, high) of temperatures, got {bounds!r}") from None
+        raise ValueError(
+            f"bounds must be a pair (low, high) of temperatures, got {bounds!r}"
+        ) from None
     if not (0.0 < low < high and math.isfinite(high)):
         raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
     return low, high

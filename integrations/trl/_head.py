@@ -50,7 +50,11 @@ class RoundTemperature:
 
 
 def refit_fused_head(
-    model: Any, temperature: RoundTemperature, *, cast_lm_head_to_fp32: bool, outputs: tuple[str, ...]
+    model: Any,
+    temperature: RoundTemperature,
+    *,
+    cast_lm_head_to_fp32: bool,
+    outputs: tuple[str, ...],
 ) -> None:
     """Replace the fused LM head TRL installed on ``model`` by one that reads ``temperature``.
 
@@ -126,7 +130,9 @@ class HiddenTap:
         self.hidden = []
         if hidden is None or hidden.size(0) != batch_size:
             got = 0 if hidden is None else hidden.size(0)
-            raise RuntimeError(f"HiddenTap: captured {got} rows of hidden states, expected {batch_size}")
+            raise RuntimeError(
+                f"HiddenTap: captured {got} rows of hidden states, expected {batch_size}"
+            )
         return hidden
 
 
@@ -190,6 +196,8 @@ def virtual_loglik(
             z = z * logit_scale
             if softcap is not None:
                 z = softcap * torch.tanh(z / softcap)
-            logp = chunk_temperature_loglik(z, t[start : start + chunk], temperatures, validate=False)
+            logp = chunk_temperature_loglik(
+                z, t[start : start + chunk], temperatures, validate=False
+            )
             sums.index_add_(0, rows[start : start + chunk], logp)
     return sums, sel.sum(-1).float()

@@ -44,7 +44,9 @@ class RoundStats:
         """The (already process-reduced) mean token entropy of one micro-batch."""
         self._entropy.append(entropy)
 
-    def feedback(self, accepts: tuple[type, ...], accelerator: Any) -> tuple[mc.Feedback | None, dict[str, float]]:
+    def feedback(
+        self, accepts: tuple[type, ...], accelerator: Any
+    ) -> tuple[mc.Feedback | None, dict[str, float]]:
         """The feedback this round gives a controller accepting ``accepts``, identical on every rank.
 
         Returns:
@@ -107,7 +109,9 @@ def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarra
     return 1.0 / out
 
 
-def preferred_metrics(loglik: np.ndarray, advantages: np.ndarray, virtual: np.ndarray) -> dict[str, float]:
+def preferred_metrics(
+    loglik: np.ndarray, advantages: np.ndarray, virtual: np.ndarray
+) -> dict[str, float]:
     """Mean preferred temperature of positive- and negative-advantage rollouts (paper, Figure 4)."""
     pref = preferred_temperatures(loglik, virtual)
     out: dict[str, float] = {}

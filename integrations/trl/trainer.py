@@ -73,7 +73,9 @@ def check_temperature_controller(controller: Any) -> None:
                 f"{type(controller).__name__} ranges over {space!r}"
             )
     else:
-        raise TypeError(f"controller.space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}")
+        raise TypeError(
+            f"controller.space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}"
+        )
     if not any(issubclass(t, _FEEDBACK) for t in controller.accepts):
         names = ", ".join(t.__name__ for t in controller.accepts)
         raise TypeError(
@@ -169,9 +171,13 @@ class MetaGRPOTrainer(GRPOTrainer):
             environment_factory=environment_factory,
         )
         _check_config(self.args)
-        self.controller: mc.Controller = mc.TAMPO(seed=self.args.seed) if controller is None else controller
+        self.controller: mc.Controller = (
+            mc.TAMPO(seed=self.args.seed) if controller is None else controller
+        )
         if self.accelerator.num_processes > 1:
-            self.controller.load_state_dict(_broadcast_json(self.controller.state_dict(), self.accelerator))
+            self.controller.load_state_dict(
+                _broadcast_json(self.controller.state_dict(), self.accelerator)
+            )
 
         # One temperature object read by the policy's and the reference's fused LM heads.
         self._round_temperature = RoundTemperature(self.temperature)
@@ -217,8 +223,12 @@ class MetaGRPOTrainer(GRPOTrainer):
             self._metrics["train"]["meta/temperature"].append(decision.value)
         return super()._generate_and_score_completions(inputs)
 
-    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+    def _calculate_rewards(
+        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+    ) -> Any:
+        rewards_per_func = super()._calculate_rewards(
+            inputs, prompts, completions, completion_ids_list
+        )
         if self.model.training and self._round is not None:
             # rewards_per_func is gathered over processes: the same round mean on every rank
             weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
@@ -246,7 +256,9 @@ class MetaGRPOTrainer(GRPOTrainer):
                 stats.add_entropy(self._metrics["train"]["entropy"][-1])
         return loss
 
-    def _score_virtual(self, stats: RoundStats, inputs: dict[str, Any], hidden: torch.Tensor) -> None:
+    def _score_virtual(
+        self, stats: RoundStats, inputs: dict[str, Any], hidden: torch.Tensor
+    ) -> None:
         """Log-likelihoods of this micro-batch's completions at the round's virtual temperatures."""
         prompt_len = inputs["prompt_ids"].size(1)
         completion_ids = inputs["completion_ids"]
@@ -265,7 +277,9 @@ class MetaGRPOTrainer(GRPOTrainer):
         )
         stats.add_rollouts(sums, counts, inputs["advantages"])
 
-    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+    def training_step(
+        self, model: Any, inputs: Any, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 and self._round is not None:

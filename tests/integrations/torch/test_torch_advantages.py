@@ -15,7 +15,14 @@ def test_group_scale_by_hand() -> None:
     # group 1: mean 2/3, unbiased std sqrt(((1/3)^2 + (2/3)^2 + (1/3)^2) / 2) = sqrt(1/3)
     # group 2: mean 2, unbiased std sqrt((0 + 4 + 4) / 2) = 2
     s1, eps = math.sqrt(1 / 3), 1e-4
-    want = [1 / 3 / (s1 + eps), -2 / 3 / (s1 + eps), 1 / 3 / (s1 + eps), 0.0, 2 / (2 + eps), -2 / (2 + eps)]
+    want = [
+        1 / 3 / (s1 + eps),
+        -2 / 3 / (s1 + eps),
+        1 / 3 / (s1 + eps),
+        0.0,
+        2 / (2 + eps),
+        -2 / (2 + eps),
+    ]
     got = grpo_advantages(rewards, 3)
     assert got.dtype == torch.float64
     assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=0)
@@ -56,6 +63,8 @@ def test_group_of_one_and_integer_rewards() -> None:
         ({"rewards": torch.zeros(4), "group_size": 2, "eps": -1.0}, "eps"),
     ],
 )
-def test_bad_inputs_raise_value_error_naming_the_argument(kwargs: dict[str, object], name: str) -> None:
+def test_bad_inputs_raise_value_error_naming_the_argument(
+    kwargs: dict[str, object], name: str
+) -> None:
     with pytest.raises(ValueError, match=name):
         grpo_advantages(**kwargs)  # type: ignore[arg-type]

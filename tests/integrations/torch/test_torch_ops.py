@@ -47,7 +47,12 @@ def tolerance(ref: torch.Tensor) -> torch.Tensor:
 
 
 def make_batch(
-    dtype: torch.dtype, scale: float, seed: int = 0, batch: int = 4, length: int = 16, vocab: int = 257
+    dtype: torch.dtype,
+    scale: float,
+    seed: int = 0,
+    batch: int = 4,
+    length: int = 16,
+    vocab: int = 257,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits in [-1e4, 1e4] (extremes included), tokens half sampled half uniform, padded mask."""
     gen = torch.Generator().manual_seed(seed)
@@ -156,8 +161,9 @@ def test_from_hidden_bf16_matches_within_bf16_rounding_of_logits() -> None:
     mask = torch.ones(2, 8)
     logits = F.linear(hidden, weight)
     want = temperature_loglik(logits, tokens, mask, [0.5, 1.0, 2.0], reduction="none")
-    got = temperature_loglik_from_hidden(hidden, weight, None, tokens, mask, [0.5, 1.0, 2.0],
-                                         reduction="none", chunk_size=3)
+    got = temperature_loglik_from_hidden(
+        hidden, weight, None, tokens, mask, [0.5, 1.0, 2.0], reduction="none", chunk_size=3
+    )
     # a logit may land one bf16 step (2**-8 relative) apart; times 1/T and twice (z_o and lse)
     bound = 2 * 2**-8 * float(logits.float().abs().max()) / 0.5
     assert (got - want).abs().max() <= bound
@@ -220,7 +226,9 @@ def _bad(**change: object) -> dict[str, object]:
         ({"chunk_size": 0}, "chunk_size"),
     ],
 )
-def test_bad_input_raises_value_error_naming_the_argument(change: dict[str, object], name: str) -> None:
+def test_bad_input_raises_value_error_naming_the_argument(
+    change: dict[str, object], name: str
+) -> None:
     with pytest.raises(ValueError, match=name):
         temperature_loglik(**_bad(**change))  # type: ignore[arg-type]
 
@@ -248,17 +256,27 @@ def test_neg_inf_elsewhere_in_a_row_is_a_zero_probability() -> None:
 
 
 def test_from_hidden_bad_head_shapes() -> None:
-    hidden, tokens, mask = torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3)
+    hidden, tokens, mask = (
+        torch.randn(2, 3, 4),
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.ones(2, 3),
+    )
     with pytest.raises(ValueError, match="weight"):
         temperature_loglik_from_hidden(hidden, torch.randn(5, 3), None, tokens, mask, [1.0])
     with pytest.raises(ValueError, match="bias"):
-        temperature_loglik_from_hidden(hidden, torch.randn(5, 4), torch.randn(4), tokens, mask, [1.0])
+        temperature_loglik_from_hidden(
+            hidden, torch.randn(5, 4), torch.randn(4), tokens, mask, [1.0]
+        )
     with pytest.raises(ValueError, match="hidden"):
-        temperature_loglik_from_hidden(torch.randn(6, 4), torch.randn(5, 4), None, tokens, mask, [1.0])
+        temperature_loglik_from_hidden(
+            torch.randn(6, 4), torch.randn(5, 4), None, tokens, mask, [1.0]
+        )
     with pytest.raises(ValueError, match="dtype"):
-        temperature_loglik_from_hidden(hidden, torch.randn(5, 4).double(), None, tokens, mask, [1.0])
+        temperature_loglik_from_hidden(
+            hidden, torch.randn(5, 4).double(), None, tokens, mask, [1.0]
+        )
 
 
 def test_dependency_error_names_the_extra() -> None:
     err = DependencyNotInstalled("torch", "torch")
-    assert 'metactl[torch]' in str(err)
+    assert "metactl[torch]" in str(err)

@@ -22,7 +22,9 @@ def sampled_rollouts(
     return logits, tokens
 
 
-def exact_mean_loglik(logits: torch.Tensor, tokens: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
+def exact_mean_loglik(
+    logits: torch.Tensor, tokens: torch.Tensor, temps: torch.Tensor
+) -> torch.Tensor:
     """``l_T(b) = mean_t [z_o / T - logsumexp(z / T)]`` in float64 for each T: ``[B, G]``."""
     z = logits.double()[:, :, None, :] / temps.double()[None, None, :, None]  # [B, L, G, V]
     idx = tokens[:, :, None, None].expand(-1, -1, temps.numel(), 1)
@@ -46,7 +48,9 @@ def test_equals_argmax_of_a_fine_grid_of_the_exact_likelihood(dtype: torch.dtype
     tokens[1, 25:] = -100
     found = preferred_temperature(logits, tokens, mask, chunk_size=13)
     grid = torch.logspace(math.log10(0.05), math.log10(10.0), 2001, dtype=torch.float64)
-    rows = [(logits[[b]][mask[[b]] != 0][None], tokens[[b]][mask[[b]] != 0][None]) for b in range(4)]
+    rows = [
+        (logits[[b]][mask[[b]] != 0][None], tokens[[b]][mask[[b]] != 0][None]) for b in range(4)
+    ]
     ll = torch.cat([exact_mean_loglik(z, o, grid) for z, o in rows])  # [B, G]
     best = grid[ll.argmax(dim=1)]
     step = math.log(10.0 / 0.05) / 2000  # grid spacing in log T

@@ -24,12 +24,18 @@ from metactl.integrations.trl.testbed import make_model, make_tokenizer
 def main(out: str) -> None:
     tokenizer = make_tokenizer()
     args = make_config(
-        out, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1,
+        out,
+        max_steps=4,
+        steps_per_generation=2,
+        gradient_accumulation_steps=1,
         per_device_train_batch_size=2,
     )
     trainer = MetaGRPOTrainer(
-        model=make_model(tokenizer, seed=0), reward_funcs=digit_reward, args=args,
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=make_model(tokenizer, seed=0),
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
         controller=mc.TAMPO(seed=None),
     )
     temperatures: list[float] = []

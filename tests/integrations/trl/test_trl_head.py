@@ -27,12 +27,17 @@ def test_virtual_loglik_matches_log_softmax(softcap):
     tokens = torch.randint(0, 11, (3, 4), generator=gen)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
     temps = [0.5, 1.0, 1.7]
-    sums, counts = virtual_loglik(hidden, head, tokens, mask, temps, logit_scale=0.9, softcap=softcap)
+    sums, counts = virtual_loglik(
+        hidden, head, tokens, mask, temps, logit_scale=0.9, softcap=softcap
+    )
     z = head(hidden).detach() * 0.9
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
     want = torch.stack(
-        [(torch.log_softmax(z / t, -1).gather(-1, tokens[..., None])[..., 0] * mask).sum(-1) for t in temps],
+        [
+            (torch.log_softmax(z / t, -1).gather(-1, tokens[..., None])[..., 0] * mask).sum(-1)
+            for t in temps
+        ],
         -1,
     )
     torch.testing.assert_close(sums, want, atol=1e-5, rtol=1e-5)

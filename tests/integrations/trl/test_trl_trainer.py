@@ -63,8 +63,12 @@ def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, t
     args = make_config(tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1)
     ctl = mc.TAMPO(seed=0)
     trainer = MetaGRPOTrainer(
-        model=model, reward_funcs=digit_reward, args=args, train_dataset=make_dataset(),
-        processing_class=tokenizer, controller=ctl,
+        model=model,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=ctl,
     )
     assert trainer.controller is ctl
     decided = decisions_of(ctl)
@@ -83,10 +87,13 @@ def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, t
     assert spy.backbone == spy.fused + spy.plain
 
     plain = GRPOTrainer(
-        model=make_model(tokenizer, seed=0), reward_funcs=digit_reward,
-        args=make_config(tmp_path / "plain", max_steps=4, steps_per_generation=2,
-                         gradient_accumulation_steps=1),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=make_model(tokenizer, seed=0),
+        reward_funcs=digit_reward,
+        args=make_config(
+            tmp_path / "plain", max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1
+        ),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     plain_spy = Spy(plain)
     plain.train()
@@ -96,12 +103,20 @@ def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, t
 def test_every_micro_batch_scores_at_its_round_temperature(tokenizer, model_path, tmp_path):
     """steps_per_generation=2, num_iterations=2: policy, old and reference log-probs at the round's T."""
     args = make_config(
-        tmp_path, max_steps=8, steps_per_generation=2, num_iterations=2,
-        gradient_accumulation_steps=1, beta=0.1,
+        tmp_path,
+        max_steps=8,
+        steps_per_generation=2,
+        num_iterations=2,
+        gradient_accumulation_steps=1,
+        beta=0.1,
     )
     trainer = MetaGRPOTrainer(
-        model=model_path, reward_funcs=digit_reward, args=args, train_dataset=make_dataset(),
-        processing_class=tokenizer, controller=mc.TAMPO(seed=0),
+        model=model_path,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=mc.TAMPO(seed=0),
     )
     spy = Spy(trainer)
     checked: list[tuple[str, float]] = []
@@ -117,7 +132,9 @@ def test_every_micro_batch_scores_at_its_round_temperature(tokenizer, model_path
             want = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
         mask = attention_mask[:, -logits_to_keep:].bool()
         torch.testing.assert_close(logps.detach()[mask], want[mask], atol=1e-4, rtol=1e-4)
-        role = "ref" if model is trainer.ref_model else ("loss" if torch.is_grad_enabled() else "old")
+        role = (
+            "ref" if model is trainer.ref_model else ("loss" if torch.is_grad_enabled() else "old")
+        )
         checked.append((role, temperature))
         return logps, entropies, aux
 
@@ -137,12 +154,19 @@ def test_resume_restores_controller(tokenizer, tmp_path):
 
     def run(out: Any, resume: str | None = None) -> tuple[Any, list[float]]:
         args = make_config(
-            out, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1,
-            save_strategy="steps", save_steps=2,
+            out,
+            max_steps=4,
+            steps_per_generation=2,
+            gradient_accumulation_steps=1,
+            save_strategy="steps",
+            save_steps=2,
         )
         trainer = MetaGRPOTrainer(
-            model=make_model(tokenizer, seed=0), reward_funcs=digit_reward, args=args,
-            train_dataset=make_dataset(), processing_class=tokenizer,
+            model=make_model(tokenizer, seed=0),
+            reward_funcs=digit_reward,
+            args=args,
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
             controller=mc.TAMPO(seed=0),
         )
         decided = decisions_of(trainer.controller)
@@ -172,8 +196,12 @@ def test_resume_restores_controller(tokenizer, tmp_path):
 def test_other_controllers_learn_from_their_feedback(tokenizer, model, tmp_path, controller):
     args = make_config(tmp_path, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1)
     trainer = MetaGRPOTrainer(
-        model=model, reward_funcs=digit_reward, args=args, train_dataset=make_dataset(),
-        processing_class=tokenizer, controller=controller,
+        model=model,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=controller,
     )
     spy = Spy(trainer)
     trainer.train()
@@ -189,23 +217,44 @@ def test_other_controllers_learn_from_their_feedback(tokenizer, model, tmp_path,
         (mc.MetaGradient(mc.Box(-1.0, 1.0), seed=0), r"must be finite and > 0"),
     ],
 )
-def test_refuses_controller_without_positive_temperatures(tokenizer, model, tmp_path, controller, match):
+def test_refuses_controller_without_positive_temperatures(
+    tokenizer, model, tmp_path, controller, match
+):
     with pytest.raises(ValueError, match=match):
         MetaGRPOTrainer(
-            model=model, reward_funcs=digit_reward, args=make_config(tmp_path),
-            train_dataset=make_dataset(), processing_class=tokenizer, controller=controller,
+            model=model,
+            reward_funcs=digit_reward,
+            args=make_config(tmp_path),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+            controller=controller,
         )
 
 
 def test_refuses_options_that_cannot_follow_the_temperature(tokenizer, model, tmp_path):
     with pytest.raises(TypeError, match="expected a metactl controller"):
-        MetaGRPOTrainer(model=model, reward_funcs=digit_reward, args=make_config(tmp_path),
-                        train_dataset=make_dataset(), processing_class=tokenizer, controller=1.0)
+        MetaGRPOTrainer(
+            model=model,
+            reward_funcs=digit_reward,
+            args=make_config(tmp_path),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+            controller=1.0,
+        )
     args = make_config(tmp_path, generation_kwargs={"temperature": 0.7})
     with pytest.raises(ValueError, match="generation_kwargs.*temperature"):
-        MetaGRPOTrainer(model=model, reward_funcs=digit_reward, args=args,
-                        train_dataset=make_dataset(), processing_class=tokenizer)
+        MetaGRPOTrainer(
+            model=model,
+            reward_funcs=digit_reward,
+            args=args,
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="torch_compile"):
-        MetaGRPOTrainer(model=model, reward_funcs=digit_reward,
-                        args=make_config(tmp_path, torch_compile=True),
-                        train_dataset=make_dataset(), processing_class=tokenizer)
+        MetaGRPOTrainer(
+            model=model,
+            reward_funcs=digit_reward,
+            args=make_config(tmp_path, torch_compile=True),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+        )
