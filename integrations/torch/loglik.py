@@ -70,23 +70,42 @@ def default_chunk_size(
     return max(1, rows)
 
 
-def _rows_logp(logits: Tensor, tokens: Tensor, betas: Sequence[float]) -> Tensor:
+def _workspace(rows: int, vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Two fp32 ``[rows, V]`` buffers, allocated once per call and reused by every chunk.
+
+    Reusing them keeps the extra memory at exactly a chunk's worth, instead of leaving it to the
+    allocator to recycle a fresh pair per chunk.
+    """
+    return (
+        torch.empty(rows, vocab, dtype=torch.float32, device=device),
+        torch.empty(rows, vocab, dtype=torch.float32, device=device),
+    )
+
+
+def _rows_logp(
+    logits: Tensor,
+    tokens: Tensor,
+    betas: Sequence[float],
+    workspace: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """``log softmax(beta_k z)[o] = beta_k (z_o - m) - log sum_v exp(beta_k (z_v - m))`` per row.
 
     Args:
         logits: ``[c, V]`` rows of logits, any float dtype (upcast to fp32, never modified).
         tokens: ``[c]`` valid token ids.
         betas: ``K`` inverse temperatures ``1 / T_k``.
+        workspace: two fp32 buffers of at least ``[c, V]`` (see :func:`_workspace`), or None.
 
     Returns:
         ``[c, K]`` fp32 log-probabilities.
     """
+    rows = logits.shape[0]
+    d, buf = _workspace(rows, logits.shape[1], logits.device) if workspace is None else workspace
+    d, buf = d[:rows], buf[:rows]
     m = logits.amax(dim=-1, keepdim=True).float()  # exact in any dtype
-    d = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     torch.sub(logits, m, out=d)  # z - m <= 0, in fp32
     d_o = d.gather(-1, tokens[:, None])  # [c, 1]
-    buf = torch.empty_like(d)
-    log_norm = torch.empty(d.shape[0], len(betas), dtype=d.dtype, device=d.device)
+    log_norm = torch.empty(rows, len(betas), dtype=d.dtype, device=d.device)
     for k, beta in enumerate(betas):
         torch.mul(d, beta, out=buf).exp_()
         torch.sum(buf, dim=-1, out=log_norm[:, k])
@@ -237,8 +256,10 @@ def temperature_loglik(
     check_tokens_in_vocab(ids, vocab)
     size = chunk_size or default_chunk_size(vocab, ids.numel())
 
+    work = _workspace(min(size, ids.numel()), vocab, logits.device)
+
     def rows_logp(i: int, j: int) -> Tensor:
-        return _rows_logp(logits[b[i:j], t[i:j]], ids[i:j], betas)
+        return _rows_logp(logits[b[i:j], t[i:j]], ids[i:j], betas, work)
 
     per_token = _map_chunks(ids.numel(), size, len(betas), rows_logp, logits.device)
     check_finite_rows(per_token, torch.stack([b, t], dim=1))
@@ -291,8 +312,10 @@ def temperature_loglik_from_hidden(
     check_tokens_in_vocab(ids, vocab)
     size = chunk_size or default_chunk_size(vocab, ids.numel())
 
+    work = _workspace(min(size, ids.numel()), vocab, hidden.device)
+
     def rows_logp(i: int, j: int) -> Tensor:
-        return _rows_logp(F.linear(hidden[b[i:j], t[i:j]], weight, bias), ids[i:j], betas)
+        return _rows_logp(F.linear(hidden[b[i:j], t[i:j]], weight, bias), ids[i:j], betas, work)
 
     per_token = _map_chunks(ids.numel(), size, len(betas), rows_logp, hidden.device)
     check_finite_rows(per_token, torch.stack([b, t], dim=1))
