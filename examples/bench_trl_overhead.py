@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 import metactl as mc
@@ -127,6 +127,7 @@ def run(meta: bool, args: Args, tok: PreTrainedTokenizerFast, data: Dataset) -> 
             if meta
             else GRPOTrainer(**common)
         )
+        trainer.remove_callback(PrinterCallback)  # keep stdout to the JSON result
         gc.collect()
         base, peak, done = rss_bytes(), [0], threading.Event()
 

@@ -31,6 +31,7 @@ from metactl.integrations.torch.loglik import (
     DEFAULT_CHUNK_BYTES,
     chunk_temperature_loglik,
     default_chunk_size,
+    hidden_rows_loglik,
     temperature_loglik,
     temperature_loglik_from_hidden,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "chunk_temperature_loglik",
     "default_chunk_size",
     "grpo_advantages",
+    "hidden_rows_loglik",
     "preferred_temperature",
     "temperature_loglik",
     "temperature_loglik_from_hidden",

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "chunk_temperature_loglik",
     "default_chunk_size",
+    "hidden_rows_loglik",
     "temperature_loglik",
     "temperature_loglik_from_hidden",
 ]
@@ -280,8 +281,10 @@ def temperature_loglik_from_hidden(
 ) -> Tensor:
     """:func:`temperature_loglik` of ``logits = hidden @ weight.T + bias``, never holding all logits.
 
-    A chunk of scored rows is projected with ``torch.nn.functional.linear`` in the dtype of
-    ``hidden``/``weight`` (as the LM head would), then scored in fp32 at every temperature.
+    The scored rows are projected in the dtype of ``hidden``/``weight`` (as the LM head would),
+    a block of rows at a time, sweeping the vocabulary in tiles with an online logsumexp (see
+    :func:`hidden_rows_loglik`): the LM head weight is read once per block, and extra memory is a
+    tile, whatever K is.
 
     Args:
         hidden: ``[B, L, H]`` final hidden states (float).
@@ -291,7 +294,7 @@ def temperature_loglik_from_hidden(
         mask: ``[B, L]``, non-zero = scored.
         temperatures: ``K`` temperatures, finite and > 0.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in :func:`temperature_loglik`.
-        chunk_size: scored tokens per chunk; default :func:`default_chunk_size` of ``V``.
+        chunk_size: scored rows per block; default :data:`TOKEN_CHUNK` (4096).
 
     Returns:
         Same as :func:`temperature_loglik` on the projected logits.
@@ -304,22 +307,102 @@ def temperature_loglik_from_hidden(
     check_tokens_mask(tokens, mask, shape(hidden)[:2], f"hidden {shape(hidden)}")
     check_reduction(reduction)
     check_chunk_size(chunk_size)
-    betas = inverse_temperatures(temperatures)
+    inverse_temperatures(temperatures)  # validate before any work
     batch, length, _ = hidden.shape
     vocab = weight.shape[0]
     b, t = _scored_positions(mask)
     ids = tokens[b, t].long()
     check_tokens_in_vocab(ids, vocab)
-    size = chunk_size or default_chunk_size(vocab, ids.numel())
-
-    work = _workspace(min(size, ids.numel()), vocab, hidden.device)
-
-    def rows_logp(i: int, j: int) -> Tensor:
-        return _rows_logp(F.linear(hidden[b[i:j], t[i:j]], weight, bias), ids[i:j], betas, work)
-
-    per_token = _map_chunks(ids.numel(), size, len(betas), rows_logp, hidden.device)
+    per_token = hidden_rows_loglik(
+        hidden[b, t], weight, bias, ids, temperatures, token_chunk=chunk_size
+    )
     check_finite_rows(per_token, torch.stack([b, t], dim=1))
     return _reduce(per_token, b, t, batch, length, reduction)
+
+
+TOKEN_CHUNK = 4096
+"""Default rows of hidden states per block of :func:`hidden_rows_loglik` (the LM head weight is
+read once per block)."""
+TILE_BYTES = 8 * 2**20
+"""Default size of one fp32 ``[rows, vocab tile]`` tile of :func:`hidden_rows_loglik`: 8 MiB."""
+
+
+@torch.no_grad()
+def hidden_rows_loglik(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tokens: Tensor,
+    temperatures: Temperatures,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    compute_dtype: torch.dtype | None = None,
+    token_chunk: int | None = None,
+    vocab_chunk: int | None = None,
+) -> Tensor:
+    """Per-token ``log softmax(z / T_k)[o]`` for rows of hidden states, tiled over the vocabulary.
+
+    ``z = g(logit_scale * (hidden @ weight.T + bias))`` with ``g`` the identity or the softcap
+    ``c tanh(z / c)``. Rows are taken ``token_chunk`` at a time; for each block the vocabulary is
+    swept in tiles with an online logsumexp that one running maximum serves for all K
+    temperatures (``beta_k > 0``)::
+
+        m' = max(m, max_v z_v),  s_k <- s_k exp(beta_k (m - m')) + sum_v exp(beta_k (z_v - m'))
+        log p_k = beta_k (z_o - m) - log s_k
+
+    so the LM head weight is read once per block of rows, as in TRL's fused LM head, instead of
+    once per small chunk of rows.
+
+    Args:
+        hidden: ``[N, H]`` hidden states (float).
+        weight: ``[V, H]`` LM head weight; bias: ``[V]`` or None.
+        tokens: ``[N]`` valid token ids in ``[0, V)`` (not checked here).
+        temperatures: ``K`` temperatures, finite and > 0.
+        logit_scale, softcap: the model's logit transform (1 and None for a plain LM head).
+        compute_dtype: dtype of the projection (default: that of ``hidden``); scores are fp32.
+        token_chunk: rows per block (default :data:`TOKEN_CHUNK`).
+        vocab_chunk: vocabulary columns per tile (default: a tile of :data:`TILE_BYTES` fp32).
+
+    Returns:
+        ``[N, K]`` fp32, detached.
+    """
+    betas = inverse_temperatures(temperatures)
+    beta_row = torch.tensor(betas, dtype=torch.float32, device=hidden.device)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    dtype = hidden.dtype if compute_dtype is None else compute_dtype
+    out = torch.empty(n, len(betas), dtype=torch.float32, device=hidden.device)
+    rows_per_block = min(token_chunk or TOKEN_CHUNK, max(n, 1))
+    cols = vocab_chunk or max(1, TILE_BYTES // (4 * rows_per_block))
+    w = weight.to(dtype)
+    b = None if bias is None else bias.to(dtype)
+    for start in range(0, n, rows_per_block):
+        h = hidden[start : start + rows_per_block].to(dtype)
+        o = tokens[start : start + rows_per_block]
+        rows = h.shape[0]
+        m = torch.full((rows,), -torch.inf, dtype=torch.float32, device=h.device)
+        sums = torch.zeros(rows, len(betas), dtype=torch.float32, device=h.device)
+        target = torch.zeros(rows, dtype=torch.float32, device=h.device)
+        buf = torch.empty(rows, min(cols, vocab), dtype=torch.float32, device=h.device)
+        for v0 in range(0, vocab, cols):
+            v1 = min(v0 + cols, vocab)
+            z = F.linear(h, w[v0:v1], None if b is None else b[v0:v1]).float()
+            if logit_scale != 1.0:
+                z.mul_(logit_scale)
+            if softcap is not None:
+                z.div_(softcap).tanh_().mul_(softcap)
+            in_tile = (o >= v0) & (o < v1)
+            picked = z.gather(1, (o - v0).clamp(0, v1 - v0 - 1)[:, None])[:, 0]
+            target = torch.where(in_tile, picked, target)
+            m_new = torch.maximum(m, z.amax(dim=1))
+            sums.mul_(torch.exp((m - m_new)[:, None] * beta_row))  # exp(-inf) = 0 on the first tile
+            z.sub_(m_new[:, None])
+            tile = buf[:, : v1 - v0]
+            for k, beta in enumerate(betas):
+                sums[:, k] += torch.mul(z, beta, out=tile).exp_().sum(dim=1)
+            m = m_new
+        out[start : start + rows] = (target - m)[:, None] * beta_row - sums.log()
+    return out
 
 
 def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:

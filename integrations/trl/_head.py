@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import add_fused_lm_head, maybe_gather_lm_head_ctx
 
-from metactl.integrations.torch import chunk_temperature_loglik, default_chunk_size
+from metactl.integrations.torch import hidden_rows_loglik
 
 
 class RoundTemperature:
@@ -183,21 +183,17 @@ def virtual_loglik(
         bias = None if bias is None else bias.full_tensor()
     sel = mask.bool()
     rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1).expand_as(tokens)[sel]
-    h, t = hidden[sel], tokens[sel]
-    dtype = torch.float32 if fp32 else h.dtype
-    k = len(temperatures)
-    sums = torch.zeros(tokens.size(0), k, dtype=torch.float32, device=h.device)
-    chunk = default_chunk_size(weight.shape[0])
     with maybe_gather_lm_head_ctx(weight, bias):
-        w = weight.to(dtype)
-        b = None if bias is None else bias.to(dtype)
-        for start in range(0, h.size(0), chunk):
-            z = torch.nn.functional.linear(h[start : start + chunk].to(dtype), w, b).float()
-            z = z * logit_scale
-            if softcap is not None:
-                z = softcap * torch.tanh(z / softcap)
-            logp = chunk_temperature_loglik(
-                z, t[start : start + chunk], temperatures, validate=False
-            )
-            sums.index_add_(0, rows[start : start + chunk], logp)
+        logp = hidden_rows_loglik(
+            hidden[sel],
+            weight,
+            bias,
+            tokens[sel],
+            temperatures,
+            logit_scale=logit_scale,
+            softcap=softcap,
+            compute_dtype=torch.float32 if fp32 else None,
+        )
+    sums = torch.zeros(tokens.size(0), len(temperatures), dtype=torch.float32, device=logp.device)
+    sums.index_add_(0, rows, logp)
     return sums, sel.sum(-1).float()

@@ -21,6 +21,7 @@ from metactl import DependencyNotInstalled
 from metactl.integrations.torch import (
     chunk_temperature_loglik,
     default_chunk_size,
+    hidden_rows_loglik,
     temperature_loglik,
     temperature_loglik_from_hidden,
 )
@@ -280,3 +281,35 @@ def test_from_hidden_bad_head_shapes() -> None:
 def test_dependency_error_names_the_extra() -> None:
     err = DependencyNotInstalled("torch", "torch")
     assert "metactl[torch]" in str(err)
+
+
+@pytest.mark.parametrize(("scale", "softcap"), [(1.0, None), (0.5, 3.0)])
+def test_hidden_rows_loglik_online_tiles_match_float64_reference(
+    scale: float, softcap: float | None
+) -> None:
+    gen = torch.Generator().manual_seed(11)
+    hidden = torch.randn(13, 6, generator=gen) * 3
+    weight = torch.randn(37, 6, generator=gen)
+    bias = torch.randn(37, generator=gen)
+    tokens = torch.randint(0, 37, (13,), generator=gen)
+    temps = [0.05, 0.6, 1.0, 2.5, 10.0]
+    z = (hidden.double() @ weight.double().T + bias.double()) * scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    want = torch.stack(
+        [torch.log_softmax(z / t, -1).gather(-1, tokens[:, None])[:, 0] for t in temps], -1
+    )
+    # Several row blocks and vocabulary tiles (with a ragged last tile) exercise the online update.
+    got = hidden_rows_loglik(
+        hidden,
+        weight,
+        bias,
+        tokens,
+        temps,
+        logit_scale=scale,
+        softcap=softcap,
+        token_chunk=5,
+        vocab_chunk=8,
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
