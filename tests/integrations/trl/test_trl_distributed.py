@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,6 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_agree_on_every_temperature(tmp_path):
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     worker = Path(__file__).with_name("dist_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [
@@ -27,10 +23,7 @@ def test_two_processes_agree_on_every_temperature(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
+        "--standalone",  # a local rendezvous on a free port chosen by torchrun
         str(worker),
         str(tmp_path),
     ]
