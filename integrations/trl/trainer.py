@@ -85,7 +85,7 @@ def check_temperature_controller(controller: Any) -> None:
 
 
 def _broadcast_json(obj: Any, accelerator: Any) -> Any:
-    """``obj`` of the main process, on every process (JSON bytes over a uint8 tensor, no pickle)."""
+    """``obj`` of the main process, on every process (JSON bytes over a uint8 tensor)."""
     data = json.dumps(obj).encode() if accelerator.is_main_process else b""
     size = broadcast(torch.tensor([len(data)], dtype=torch.int64, device=accelerator.device))
     buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=accelerator.device)

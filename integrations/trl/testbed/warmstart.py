@@ -179,8 +179,8 @@ def warm_start(
 
     The model is trained on ``prompt + answer + <eos>`` (loss on the answer only) until
     greedy accuracy on a validation slice of the train split reaches
-    ``cfg.target_accuracy``. It is saved with ``save_pretrained`` (safetensors, no
-    pickle) under :func:`cache_dir` ``/warmstart/<settings>-<hash>``; later calls with
+    ``cfg.target_accuracy``. It is saved with ``save_pretrained`` (safetensors tensors and
+    JSON config) under :func:`cache_dir` ``/warmstart/<settings>-<hash>``; later calls with
     the same settings load it instead of training.
 
     Args:
