@@ -126,3 +126,25 @@ def test_importing_metactl_imports_no_framework() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "mutate", "message"),
+    [
+        ("rng", lambda s: s["rng"]["state"]["state"].__setitem__("state", "x"), "rng state"),
+        ("rng", lambda s: s.__setitem__("rng", None), "rng.bit_generator"),
+        ("step", lambda s: s.__setitem__("step", "x"), "step must be an int"),
+        ("updates", lambda s: s.__setitem__("updates", -1), "updates must be an int"),
+    ],
+)
+def test_bad_state_is_refused_without_changing_anything(field: str, mutate, message: str) -> None:
+    source = mc.TAMPO(seed=0)
+    d = source.sample()
+    source.update(mc.Counterfactual(d, -np.eye(10)[:4] * 3, np.array([1.0, -1.0, 0.5, -0.5])))
+    state = json.loads(json.dumps(source.state_dict()))
+    mutate(state)
+    target = mc.TAMPO(seed=1)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=message):
+        target.load_state_dict(state)
+    assert target.state_dict() == before, field

@@ -224,23 +224,29 @@ class BaseController(ABC):
             )
         bit_gen = self._rng.bit_generator
         rng = state["rng"]
-        if rng.get("bit_generator") != type(bit_gen).__name__:
+        if not isinstance(rng, Mapping) or rng.get("bit_generator") != type(bit_gen).__name__:
+            got = rng.get("bit_generator") if isinstance(rng, Mapping) else rng
             raise ValueError(
-                f"load_state_dict: rng was {rng.get('bit_generator')!r}, this controller uses "
+                f"load_state_dict: rng.bit_generator was {got!r}, this controller uses "
                 f"{type(bit_gen).__name__}"
             )
-        saved = copy.deepcopy(self._params())
+        counters = {name: state[name] for name in ("step", "updates")}
+        for name, value in counters.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"load_state_dict: {name} must be an int >= 0, got {value!r}")
+        # Apply params and RNG together: on any failure both go back to what they were.
+        saved_params, saved_rng = copy.deepcopy(self._params()), bit_gen.state
         try:
             self._load_params(state["params"])
-            new_rng_state = _restore_like(bit_gen.state, rng["state"])
-        except (KeyError, TypeError, ValueError) as exc:
-            self._load_params(saved)
+            bit_gen.state = _restore_like(saved_rng, rng["state"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            self._load_params(saved_params)
+            bit_gen.state = saved_rng
             raise ValueError(
-                f"load_state_dict: invalid params for {type(self).__name__}: {exc}"
+                f"load_state_dict: invalid params or rng state for {type(self).__name__}: {exc}"
             ) from exc
-        bit_gen.state = new_rng_state
-        self.step = int(state["step"])
-        self.updates = int(state["updates"])
+        self.step = counters["step"]
+        self.updates = counters["updates"]
         self.seed_entropy = state.get("seed_entropy")
 
     # --- subclass hooks ---------------------------------------------------------

@@ -221,6 +221,8 @@ class Schedule(_OpenLoop):
                     f"Schedule(boundaries): only for piecewise, got {list(boundaries)}"
                 )
         elif kind == "piecewise":
+            if steps is not None:
+                raise ValueError(f"Schedule(steps): only for linear and cosine, got {steps}")
             bounds = [int(b) for b in boundaries]
             if len(vals) != len(bounds) + 1:
                 raise ValueError(
@@ -384,6 +386,11 @@ class EntropyTarget(BaseController):
         if not self.space.contains(t):
             raise ValueError(f"params.temperature: {t} is outside {self.space}")
         target = params["target"]
+        if target is not None and not (math.isfinite(float(target)) and float(target) > 0):
+            raise ValueError(f"params.target: must be None or finite and > 0, got {target}")
+        observed = [float(h) for h in params["observed"]]
+        if not all(math.isfinite(h) and h > 0 for h in observed):
+            raise ValueError(f"params.observed: entropies must be finite and > 0, got {observed}")
         self._temperature = t
         self._target = None if target is None else float(target)
-        self._observed = [float(h) for h in params["observed"]]
+        self._observed = observed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -65,6 +66,14 @@ class MetaGradient(BaseController):
         baseline_ema: float = 0.1,
         seed: int | np.random.Generator | None = None,
     ) -> None:
+        for name, value in (
+            ("lr", lr),
+            ("entropy_bonus", entropy_bonus),
+            ("init_sigma", init_sigma),
+            ("min_sigma", min_sigma),
+        ):
+            if not math.isfinite(value):
+                raise ValueError(f"MetaGradient({name}): must be finite, got {value}")
         if not lr > 0:
             raise ValueError(f"MetaGradient(lr): must be > 0, got {lr}")
         if optimizer not in ("adam", "sgd"):
@@ -105,8 +114,11 @@ class MetaGradient(BaseController):
         if isinstance(space, Discrete):
             self._theta = np.zeros(len(space))
         else:
-            if init is not None and not space.contains(init):
-                raise ValueError(f"MetaGradient(init): {init} is outside {space}")
+            if init is not None and not space.low < init < space.high:
+                raise ValueError(
+                    f"MetaGradient(init): must lie strictly inside ({space.low}, {space.high}), "
+                    f"got {init}"
+                )
             mu0 = 0.0 if init is None else float(space.to_unconstrained(init))
             self._theta = np.array([mu0, np.log(init_sigma)])
         self._m = np.zeros_like(self._theta)

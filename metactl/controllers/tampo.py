@@ -56,7 +56,7 @@ class TAMPO(BaseController):
 
     def __init__(
         self,
-        space: Discrete | Sequence[float] | None = None,
+        space: Discrete | Sequence[float] | np.ndarray | None = None,
         *,
         ema: float = 0.05,
         top_p: float = 0.7,
@@ -67,7 +67,7 @@ class TAMPO(BaseController):
         if space is None:
             space = Discrete(PAPER_TEMPERATURES)
         elif not isinstance(space, Discrete):
-            if isinstance(space, Sequence):
+            if isinstance(space, (Sequence, np.ndarray)):
                 space = Discrete(space)
             else:
                 raise TypeError(

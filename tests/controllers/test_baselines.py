@@ -92,3 +92,21 @@ def test_entropy_target_rule() -> None:
         mc.EntropyTarget(mc.Box(0.3, 3.0), vocab_size=1)
     with pytest.raises(TypeError, match="Box"):
         mc.EntropyTarget(mc.Discrete([1.0]), vocab_size=10)  # type: ignore[arg-type]
+
+
+def test_entropy_target_refuses_invalid_saved_target() -> None:
+    import json
+
+    ctl = mc.EntropyTarget(mc.Box(0.3, 3.0), vocab_size=100, target=2.0)
+    state = json.loads(json.dumps(ctl.state_dict()))
+    state["params"]["target"] = -1.0
+    fresh = mc.EntropyTarget(mc.Box(0.3, 3.0), vocab_size=100, target=2.0)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match="params.target"):
+        fresh.load_state_dict(state)
+    assert fresh.state_dict() == before
+
+
+def test_piecewise_schedule_refuses_steps() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        mc.Schedule("piecewise", [0.6, 1.0], boundaries=[3], steps=3)

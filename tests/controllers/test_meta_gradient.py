@@ -124,3 +124,18 @@ def test_wrong_space_accessors_raise() -> None:
         _ = mc.MetaGradient(GRID).mean
     with pytest.raises(ValueError, match="num_virtual"):
         mc.MetaGradient(mc.Box(0.3, 3.0), num_virtual=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"lr": float("inf")}, "lr"),
+        ({"entropy_bonus": float("nan")}, "entropy_bonus"),
+        ({"init_sigma": float("inf")}, "init_sigma"),
+        ({"init": 0.3}, "init"),  # on the bound: u would be -inf
+        ({"init": 3.0}, "init"),
+    ],
+)
+def test_box_settings_must_be_finite_and_inside(kwargs: dict[str, float], name: str) -> None:
+    with pytest.raises(ValueError, match=rf"MetaGradient\({name}"):
+        mc.MetaGradient(mc.Box(0.3, 3.0), **kwargs)  # type: ignore[arg-type]

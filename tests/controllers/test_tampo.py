@@ -175,3 +175,8 @@ def test_invalid_settings_are_named() -> None:
         mc.TAMPO(normaliser="argmax")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="MetaGradient"):
         mc.TAMPO(mc.Box(0.5, 2.0))  # type: ignore[arg-type]
+
+
+def test_space_may_be_a_numpy_array() -> None:
+    ctl = mc.TAMPO(np.array([0.5, 1.0, 2.0]), seed=0)
+    assert isinstance(ctl.space, mc.Discrete) and len(ctl.space) == 3
