@@ -101,19 +101,28 @@ def check_kernel_follows_temperature() -> None:
 class HiddenTap:
     """Keeps the backbone's last hidden states of the fused log-prob forwards made while ``active``.
 
-    A pre-hook on the model arms the tap only for calls with ``fused_lm_head=True`` (TRL's
-    log-prob forwards), and a hook on the backbone keeps that call's last hidden state.
+    TRL's fused LM head is installed as the policy's instance ``forward``; the tap wraps it to
+    arm itself for calls with ``fused_lm_head=True`` (TRL's log-prob forwards), and a hook on
+    the backbone keeps that call's last hidden state. Wrapping the instance ``forward`` rather
+    than hooking the module also works under PEFT, which calls the wrapped model's ``forward``
+    directly (module hooks on it would never run). Must be built after :func:`refit_fused_head`.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.active = False
         self.hidden: list[Tensor] = []
         self._armed = False
-        model.register_forward_pre_hook(self._arm, with_kwargs=True)
-        model.base_model.register_forward_hook(self._keep)
+        fused_forward = vars(model)["forward"]
 
-    def _arm(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        self._armed = self.active and bool(kwargs.get("fused_lm_head"))
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self._armed = self.active and bool(kwargs.get("fused_lm_head"))
+            try:
+                return fused_forward(*args, **kwargs)
+            finally:
+                self._armed = False
+
+        model.forward = forward
+        model.base_model.register_forward_hook(self._keep)
 
     def _keep(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._armed:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import broadcast, is_peft_model
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 import metactl as mc
@@ -298,14 +297,18 @@ class MetaGRPOTrainer(GRPOTrainer):
         self._round_start_state = None
 
     # --- checkpoints -----------------------------------------------------------------------------
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model as ``GRPOTrainer`` does, plus the controller as ``metactl_controller.json``.
+
+        Checkpoints save through here first, so the file is in ``checkpoint-N/`` before the
+        Trainer pushes the checkpoint to the Hub or rotates old ones.
+        """
+        super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
             # Mid-round, save the state the round started from: a resumed run regenerates the round.
             state = self.controller.state_dict() if self._round is None else self._round_start_state
-            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            path = os.path.join(self._get_output_dir(trial=trial), folder, CONTROLLER_FILE)
-            with open(path, "w") as f:
+            folder = self.args.output_dir if output_dir is None else output_dir
+            with open(os.path.join(folder, CONTROLLER_FILE), "w") as f:
                 json.dump(state, f)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
