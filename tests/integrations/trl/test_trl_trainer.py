@@ -258,3 +258,22 @@ def test_refuses_options_that_cannot_follow_the_temperature(tokenizer, model, tm
             train_dataset=make_dataset(),
             processing_class=tokenizer,
         )
+
+
+def test_lora_policy_learns_from_counterfactual_feedback(tokenizer, model_path, tmp_path):
+    """With peft_config (LoRA) the policy is wrapped by PEFT; the virtual pass must still see it."""
+    peft = pytest.importorskip("peft")
+    args = make_config(tmp_path, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1)
+    trainer = MetaGRPOTrainer(
+        model=model_path,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        controller=mc.TAMPO(seed=0),
+    )
+    trainer.train()
+    assert trainer.controller.updates == 2
+    logged = [h for h in trainer.state.log_history if "meta/num_rollouts" in h]
+    assert len(logged) == 2 and all(h["meta/num_rollouts"] > 0 for h in logged)
