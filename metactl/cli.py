@@ -48,6 +48,7 @@ def _run(
     cfg: CompareConfig, out: Path, args: argparse.Namespace, argv: Sequence[str] | None
 ) -> int:
     import importlib
+    import importlib.util
     import warnings
 
     try:
@@ -57,6 +58,14 @@ def _run(
         print(f"metactl: {exc}", file=sys.stderr)
         return 1
     torch = importlib.import_module("torch")
+    figure = not args.no_plot
+    if figure and importlib.util.find_spec("matplotlib") is None:
+        print(
+            'metactl: matplotlib is not installed, so no report.png (pip install "metactl[plot]"); '
+            "summary.json and report.md are written as usual",
+            file=sys.stderr,
+        )
+        figure = False
 
     # The testbed's model is tiny: one thread per run is as fast as several and does not
     # oversubscribe a busy machine (spinning threads can slow a step tenfold).
@@ -76,7 +85,7 @@ def _run(
             command=_command_line(argv),
             resume=args.resume,
             progress=not args.no_progress,
-            figure=not args.no_plot,
+            figure=figure,
         )
     except KeyboardInterrupt:
         print(f"\nmetactl: interrupted; finished runs and the report are in {out}", file=sys.stderr)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from metactl.errors import require
 
-require("torch", "torch")
+require("torch", "gym")
 require("gymnasium", "gym")
 
 from metactl.integrations.ppo.policy import ActorCritic, PolicyOutput  # noqa: E402

@@ -15,6 +15,7 @@ One iteration, top to bottom (:meth:`PPO.iterate`):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -714,12 +715,16 @@ class PPO:
                 f"config: fields {diff} differ from the checkpoint's "
                 f"({ {k: saved_config.get(k) for k in diff} }); build PPO with the saved config"
             )
+        # Check the parts that can be refused on copies first, so a refusal changes nothing.
+        controller_state = json.loads(state["controller"])
+        copy.deepcopy(self.controller).load_state_dict(controller_state)
         try:
-            self.agent.load_state_dict(state["agent"])
+            copy.deepcopy(self.agent).load_state_dict(state["agent"])
         except RuntimeError as exc:
             raise ValueError(f"agent: the checkpoint's parameters do not fit: {exc}") from exc
+        self.agent.load_state_dict(state["agent"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.controller.load_state_dict(json.loads(state["controller"]))
+        self.controller.load_state_dict(controller_state)
         self.generator.set_state(state["generator"])
         next_obs = state["next_obs"].cpu().numpy()
         autoreset = np.asarray(progress["autoreset"], dtype=bool)

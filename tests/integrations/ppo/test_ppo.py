@@ -352,3 +352,17 @@ def test_ppo_solves_cartpole() -> None:
     assert last10 >= 195, (
         f"mean return of the last 10 episodes {last10} after {ppo.global_step} steps"
     )
+
+
+def test_refused_checkpoint_changes_nothing() -> None:
+    source = PPO(make_envs(), mc.TAMPO(mc.Discrete([0.5, 1.0, 2.0]), seed=0), SMALL, seed=0)
+    source.iterate()
+    state = source.state_dict()
+    # Same network and config, but a controller over other arms: the controller state is refused.
+    target = PPO(make_envs(), mc.TAMPO(mc.Discrete([0.5, 1.0]), seed=0), SMALL, seed=5)
+    params = [p.detach().clone() for p in target.agent.parameters()]
+    controller_before = target.controller.state_dict()
+    with pytest.raises(ValueError, match="space mismatch"):
+        target.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(params, target.agent.parameters(), strict=True))
+    assert target.controller.state_dict() == controller_before
