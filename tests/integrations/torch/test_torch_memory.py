@@ -4,11 +4,17 @@ Method: the child allocates the logits, resets its peak resident set size (writi
 /proc/self/clear_refs, so that peaks from imports do not count), runs the op once and reads the
 peak (VmHWM); extra memory = peak - RSS before the call. torch's CPU
 allocations are plain malloc/mmap, so they show in RSS (tracemalloc would not see them).
+
+The child runs with a fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_): by default glibc
+raises the threshold after the first large free, so later 2 MiB chunks come from the brk heap
+and its fragmentation adds 2 to 14 MiB to the peak from one run to the next (seen on CI). With
+the threshold fixed every chunk is its own mapping, and the peak is the op's live memory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -51,7 +57,8 @@ print(json.dumps({"extra": peak - before, "logits": logits.numel() * 4}))
 def extra_memory(k: int, naive: bool = False) -> tuple[int, int]:
     """(peak extra bytes, logits bytes) of one call in a fresh process."""
     args = [sys.executable, "-c", CHILD, str(k), "naive" if naive else "op"]
-    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120, env=env)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["extra"], result["logits"]
 
