@@ -368,7 +368,6 @@ def hidden_rows_loglik(
         ``[N, K]`` fp32, detached.
     """
     betas = inverse_temperatures(temperatures)
-    beta_row = torch.tensor(betas, dtype=torch.float32, device=hidden.device)
     n, vocab = hidden.shape[0], weight.shape[0]
     dtype = hidden.dtype if compute_dtype is None else compute_dtype
     out = torch.empty(n, len(betas), dtype=torch.float32, device=hidden.device)
@@ -378,31 +377,81 @@ def hidden_rows_loglik(
     b = None if bias is None else bias.to(dtype)
     for start in range(0, n, rows_per_block):
         h = hidden[start : start + rows_per_block].to(dtype)
-        o = tokens[start : start + rows_per_block]
-        rows = h.shape[0]
-        m = torch.full((rows,), -torch.inf, dtype=torch.float32, device=h.device)
-        sums = torch.zeros(rows, len(betas), dtype=torch.float32, device=h.device)
-        target = torch.zeros(rows, dtype=torch.float32, device=h.device)
-        buf = torch.empty(rows, min(cols, vocab), dtype=torch.float32, device=h.device)
+        acc = OnlineTemperatureLogSoftmax(tokens[start : start + rows_per_block], betas)
         for v0 in range(0, vocab, cols):
             v1 = min(v0 + cols, vocab)
             z = F.linear(h, w[v0:v1], None if b is None else b[v0:v1]).float()
-            if logit_scale != 1.0:
-                z.mul_(logit_scale)
-            if softcap is not None:
-                z.div_(softcap).tanh_().mul_(softcap)
-            in_tile = (o >= v0) & (o < v1)
-            picked = z.gather(1, (o - v0).clamp(0, v1 - v0 - 1)[:, None])[:, 0]
-            target = torch.where(in_tile, picked, target)
-            m_new = torch.maximum(m, z.amax(dim=1))
-            sums.mul_(torch.exp((m - m_new)[:, None] * beta_row))  # exp(-inf) = 0 on the first tile
-            z.sub_(m_new[:, None])
-            tile = buf[:, : v1 - v0]
-            for k, beta in enumerate(betas):
-                sums[:, k] += torch.mul(z, beta, out=tile).exp_().sum(dim=1)
-            m = m_new
-        out[start : start + rows] = (target - m)[:, None] * beta_row - sums.log()
+            acc.fold(logit_transform_(z, logit_scale, softcap), v0)
+        out[start : start + h.shape[0]] = acc.log_probs()
     return out
+
+
+def logit_transform_(z: Tensor, logit_scale: float, softcap: float | None) -> Tensor:
+    """``z <- g(logit_scale * z)`` in place, ``g`` the identity or the softcap ``c tanh(z / c)``."""
+    if logit_scale != 1.0:
+        z.mul_(logit_scale)
+    if softcap is not None:
+        z.div_(softcap).tanh_().mul_(softcap)
+    return z
+
+
+class OnlineTemperatureLogSoftmax:
+    """``log softmax(z / T_k)[o]`` of a block of rows whose logits arrive in vocabulary tiles.
+
+    One running maximum serves every temperature (``beta_k = 1 / T_k > 0``)::
+
+        m' = max(m, max_v z_v),  s_k <- s_k exp(beta_k (m - m')) + sum_v exp(beta_k (z_v - m'))
+        log p_k = beta_k (z_o - m) - log s_k
+
+    so each tile is read once for all K temperatures, by whoever produces it: the loop of
+    :func:`hidden_rows_loglik`, or a fused LM head that already projects the tiles (the TRL
+    integration folds TRL's own tiles)::
+
+        acc = OnlineTemperatureLogSoftmax(tokens, [0.6, 1.0, 1.4])
+        for v0 in range(0, V, cols):
+            acc.fold(logits_tile_fp32, v0)     # [rows, cols] logits of columns v0..v0+cols
+        logp = acc.log_probs()                 # [rows, K]
+
+    Args:
+        tokens: ``[rows]`` token ids, each in ``[0, V)``.
+        betas: the ``K`` inverse temperatures.
+    """
+
+    def __init__(self, tokens: Tensor, betas: Sequence[float]) -> None:
+        rows, device = tokens.shape[0], tokens.device
+        self.tokens = tokens.long()
+        self.betas = list(betas)
+        self._beta_row = torch.tensor(self.betas, dtype=torch.float32, device=device)
+        self.max = torch.full((rows,), -torch.inf, dtype=torch.float32, device=device)
+        self.sums = torch.zeros(rows, len(self.betas), dtype=torch.float32, device=device)
+        self.target = torch.zeros(rows, dtype=torch.float32, device=device)
+        self._buf = torch.empty(0, dtype=torch.float32, device=device)
+
+    def fold(self, z: Tensor, vocab_start: int, rows: slice = slice(None)) -> None:
+        """Fold the fp32 logits ``z`` ``[r, c]`` of columns ``vocab_start..vocab_start + c``.
+
+        ``z`` is overwritten (it is the caller's scratch). ``rows`` selects the block's rows that
+        ``z`` holds (all of them by default), so a tile can be folded a few rows at a time.
+        """
+        cols = z.shape[1]
+        o = self.tokens[rows]
+        m, sums = self.max[rows], self.sums[rows]
+        in_tile = (o >= vocab_start) & (o < vocab_start + cols)
+        picked = z.gather(1, (o - vocab_start).clamp(0, cols - 1)[:, None])[:, 0]
+        self.target[rows] = torch.where(in_tile, picked, self.target[rows])
+        m_new = torch.maximum(m, z.amax(dim=1))
+        sums.mul_(torch.exp((m - m_new)[:, None] * self._beta_row))  # exp(-inf) = 0 at first
+        z.sub_(m_new[:, None])
+        if self._buf.numel() < z.numel():
+            self._buf = torch.empty(z.numel(), dtype=torch.float32, device=z.device)
+        tile = self._buf[: z.numel()].view_as(z)
+        for k, beta in enumerate(self.betas):
+            sums[:, k] += torch.mul(z, beta, out=tile).exp_().sum(dim=1)
+        m.copy_(m_new)
+
+    def log_probs(self) -> Tensor:
+        """``[rows, K]`` fp32 log-probabilities of the tokens from the tiles folded so far."""
+        return (self.target - self.max)[:, None] * self._beta_row - self.sums.log()
 
 
 def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:

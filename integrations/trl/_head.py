@@ -10,23 +10,27 @@ generation boundary moves every later log-prob to the new temperature::
     refit_fused_head(model, temp, cast_lm_head_to_fp32=False, outputs=("log_probs", "entropy"))
     temp.value = 0.8                          # every fused forward from now on runs at T = 0.8
 
-:class:`HiddenTap` keeps the backbone's last hidden state of the forwards TRL already makes for the
-loss, so that :func:`virtual_loglik` scores the completions at the controller's virtual
-temperatures from it (one no-grad pass over the LM head, chunked; no extra model forward).
+:class:`VirtualScoreTap` scores the completions at the controller's virtual temperatures inside
+the loss forwards TRL already makes: while it is armed, every logits tile that TRL's kernel
+projects for its own log-probs is also folded into K online log-softmaxes (:class:`TileFold`),
+so each tile of logits is computed once, and there is no extra model forward nor LM-head pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor
-from trl.kernels import ChunkedLogProbFunction
-from trl.trainer.utils import add_fused_lm_head, maybe_gather_lm_head_ctx
+from trl.kernels import ChunkedLogProbFunction, chunked_logprob
+from trl.trainer.utils import add_fused_lm_head
 
-from metactl.integrations.torch import hidden_rows_loglik
+from metactl.integrations.torch import DEFAULT_CHUNK_BYTES
+from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax, logit_transform_
+
+UNSUPPORTED = "MetaGRPOTrainer supports trl>=1.16,<1.17"
 
 
 class RoundTemperature:
@@ -66,7 +70,7 @@ def refit_fused_head(
     if "forward" not in vars(model):
         raise RuntimeError(
             f"{type(model).__name__} has no fused LM head installed by TRL's add_fused_lm_head; "
-            "MetaGRPOTrainer supports trl>=1.16,<1.17"
+            + UNSUPPORTED
         )
     del model.forward  # back to the class's forward, then let TRL patch it again
     add_fused_lm_head(
@@ -74,135 +78,222 @@ def refit_fused_head(
     )
 
 
-def check_kernel_follows_temperature() -> None:
-    """Probe TRL's chunked kernel with a :class:`RoundTemperature` at two values.
+def check_kernel(device: torch.device) -> None:
+    """Probe TRL's chunked log-prob kernel on ``device`` before training relies on it.
+
+    The kernel must read a :class:`RoundTemperature` at call time (two values are tried), and a
+    :class:`TileFold` installed around it must see every tile and score the virtual
+    temperatures exactly (checked against ``log_softmax`` over a few token and vocabulary tiles).
 
     Raises:
-        RuntimeError: the installed TRL does not read the temperature at call time, so a changing
-            temperature cannot be followed (an unsupported TRL version).
+        RuntimeError: the installed TRL's kernel does not behave so (an unsupported version).
     """
     gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(3, 4, generator=gen)
-    weight = torch.randn(5, 4, generator=gen)
-    targets = torch.tensor([0, 2, 4])
+    hidden = torch.randn(6, 4, generator=gen).to(device)
+    weight = torch.randn(7, 4, generator=gen).to(device)
+    targets = torch.tensor([0, 2, 6, 1, 3, 5], device=device)
     logits = hidden @ weight.t()
-    temp = RoundTemperature(1.0)
-    for value in (0.5, 2.0):
-        temp.value = value
-        got = ChunkedLogProbFunction.apply(hidden, weight, None, targets, temp, 8, None, 1.0, ())[0]
-        want = torch.log_softmax(logits / value, -1).gather(-1, targets[:, None])[:, 0]
-        if not torch.allclose(got, want, atol=1e-5):
-            raise RuntimeError(
-                "the installed TRL's fused LM head does not follow a changing temperature; "
-                "MetaGRPOTrainer supports trl>=1.16,<1.17"
+    temp, virtual = RoundTemperature(1.0), [0.7, 1.3]
+    try:
+        for value in (0.5, 2.0):
+            temp.value = value
+            fold = TileFold(virtual, torch.ones(6, dtype=torch.bool, device=device), vocab_size=7)
+            with fold.installed():
+                got = ChunkedLogProbFunction.apply(
+                    hidden, weight, None, targets, temp, 3, None, 1.0, ()
+                )[0]
+            want = torch.log_softmax(logits / value, -1).gather(-1, targets[:, None])[:, 0]
+            scores = fold.scores()
+            want_virtual = torch.stack(
+                [
+                    torch.log_softmax(logits / t, -1).gather(-1, targets[:, None])[:, 0]
+                    for t in virtual
+                ],
+                -1,
             )
+            if not (
+                torch.allclose(got, want, atol=1e-5)
+                and torch.allclose(scores, want_virtual, atol=1e-5)
+            ):
+                raise RuntimeError("the kernel's log-probs or the folded virtual scores are wrong")
+    except (AttributeError, TypeError, RuntimeError) as err:
+        raise RuntimeError(
+            f"the installed TRL's fused LM head cannot be followed at a changing temperature, "
+            f"nor scored at virtual temperatures ({err}); {UNSUPPORTED}"
+        ) from err
 
 
-class HiddenTap:
-    """Keeps the backbone's last hidden states of the fused log-prob forwards made while ``active``.
+class TileFold:
+    """The virtual-temperature scores of one call of TRL's chunked log-prob kernel.
 
-    TRL's fused LM head is installed as the policy's instance ``forward``; the tap wraps it to
-    arm itself for calls with ``fused_lm_head=True`` (TRL's log-prob forwards), and a hook on
-    the backbone keeps that call's last hidden state. Wrapping the instance ``forward`` rather
-    than hooking the module also works under PEFT, which calls the wrapped model's ``forward``
-    directly (module hooks on it would never run). Must be built after :func:`refit_fused_head`.
+    TRL's kernel projects the hidden states a block of (at most 4096) rows at a time, sweeping
+    the vocabulary in tiles, and folds each tile into its own online log-softmax through the
+    module function ``_forward_tile`` (``_forward_kernel`` with Triton). While
+    :meth:`installed` is active both are wrapped so that the same tile is then folded, a few
+    rows at a time (a 2 MiB fp32 copy, in cache for all K passes), into an
+    :class:`~metactl.integrations.torch.loglik.OnlineTemperatureLogSoftmax` per block of rows.
+    Only the scored rows are folded.
+
+    Args:
+        temperatures: the ``K`` virtual temperatures.
+        scored: ``[N]`` bool over the rows the kernel will see: which of them to score.
+        vocab_size: ``V``, for the check that every tile was seen.
+    """
+
+    def __init__(self, temperatures: Sequence[float], scored: Tensor, vocab_size: int) -> None:
+        self.betas = [1.0 / t for t in temperatures]
+        self.scored = scored
+        self.vocab_size = vocab_size
+        self._blocks: list[tuple[Tensor, OnlineTemperatureLogSoftmax, list[int]]] = []
+        self._next_row = 0
+        self._work = torch.empty(0, dtype=torch.float32, device=scored.device)
+        self._raw = torch.empty(0, device=scored.device)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Wrap TRL's tile folds (process-wide, for the duration of the block)."""
+        tile_fn, kernel = chunked_logprob._forward_tile, chunked_logprob._forward_kernel
+        chunked_logprob._forward_tile = _then(tile_fn, self.fold)
+        chunked_logprob._forward_kernel = _ThenLaunch(kernel, self.fold)
+        try:
+            yield
+        finally:
+            chunked_logprob._forward_tile, chunked_logprob._forward_kernel = tile_fn, kernel
+
+    def fold(
+        self,
+        tile: Tensor,
+        tile_stride: int,
+        targets: Tensor,
+        running_max: Tensor,
+        sum_exp: Tensor,
+        x_sum_exp: Tensor,
+        sq_sum_exp: Tensor,
+        z_sum: Tensor,
+        max_before_target: Tensor,
+        target_logit: Tensor,
+        vocab_start: int,
+        n_cols: int,
+        *,
+        logit_scale: float,
+        softcap: float,
+        HAS_SOFTCAP: bool,
+        **flags: Any,
+    ) -> None:
+        """Fold one ``[n, n_cols]`` tile (TRL's arguments to ``_forward_tile``, read only)."""
+        if vocab_start == 0:  # the kernel starts the next block of rows
+            n = targets.shape[0]
+            rows = torch.nonzero(self.scored[self._next_row : self._next_row + n])[:, 0]
+            self._next_row += n
+            acc = OnlineTemperatureLogSoftmax(targets[rows], self.betas)
+            self._blocks.append((rows, acc, [0]))
+        rows, acc, columns = self._blocks[-1]
+        if vocab_start != columns[0]:
+            raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {columns[0]}")
+        columns[0] += n_cols
+        step = max(1, DEFAULT_CHUNK_BYTES // (4 * n_cols))
+        if self._work.numel() < step * n_cols:
+            self._work = torch.empty(step * n_cols, dtype=torch.float32, device=tile.device)
+            self._raw = torch.empty(step * n_cols, dtype=tile.dtype, device=tile.device)
+        for start in range(0, rows.numel(), step):
+            sub = rows[start : start + step]
+            z = self._work[: sub.numel() * n_cols].view(sub.numel(), n_cols)
+            if tile.dtype == torch.float32:
+                torch.index_select(tile, 0, sub, out=z)
+            else:
+                raw = self._raw[: z.numel()].view_as(z)
+                z.copy_(torch.index_select(tile, 0, sub, out=raw))
+            logit_transform_(z, logit_scale, softcap if HAS_SOFTCAP else None)
+            acc.fold(z, vocab_start, slice(start, start + sub.numel()))
+
+    def scores(self) -> Tensor:
+        """``[S, K]`` fp32 log-probabilities of the scored rows, in row order.
+
+        Raises:
+            RuntimeError: the kernel did not show every row and every vocabulary tile.
+        """
+        complete = all(columns[0] == self.vocab_size for _, _, columns in self._blocks)
+        if self._next_row != self.scored.numel() or not complete:
+            raise RuntimeError(
+                f"TileFold: the kernel showed {self._next_row} of {self.scored.numel()} rows "
+                f"(vocabulary covered per block: {[c[0] for _, _, c in self._blocks]} of "
+                f"{self.vocab_size}); {UNSUPPORTED}"
+            )
+        if not self._blocks:
+            return torch.zeros(0, len(self.betas), device=self.scored.device)
+        return torch.cat([acc.log_probs() for _, acc, _ in self._blocks])
+
+
+def _then(first: Callable[..., Any], then: Callable[..., Any]) -> Callable[..., None]:
+    def both(*args: Any, **kwargs: Any) -> None:
+        first(*args, **kwargs)
+        then(*args, **kwargs)
+
+    return both
+
+
+class _ThenLaunch:
+    """``kernel[grid](...)`` followed by ``then(...)`` with the same arguments (Triton launches)."""
+
+    def __init__(self, kernel: Any, then: Callable[..., Any]) -> None:
+        self.kernel, self.then = kernel, then
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        return _then(self.kernel[grid], self.then)
+
+
+class VirtualScoreTap:
+    """Scores the policy's fused log-prob forwards at virtual temperatures while armed.
+
+    TRL's fused LM head is the policy's instance ``forward``; the tap wraps it. A call with
+    ``fused_lm_head=True`` made while ``temperatures`` is set runs with a :class:`TileFold`
+    installed, and its per-token scores are kept. Wrapping the instance ``forward`` (rather than
+    hooking the module) also works under PEFT, which calls the wrapped model's ``forward``
+    directly. Must be built after :func:`refit_fused_head`::
+
+        tap = VirtualScoreTap(policy)
+        tap.temperatures = [0.6, 0.8, 1.0]
+        loss = ...                                   # TRL's loss forward(s) of a micro-batch
+        tap.temperatures = None
+        per_token = tap.take(batch_size)             # [B, L - 1, K], 0 at unscored positions
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.active = False
-        self.hidden: list[Tensor] = []
-        self._armed = False
+        self.temperatures: Sequence[float] | None = None
+        self._scores: list[Tensor] = []
         fused_forward = vars(model)["forward"]
 
         def forward(*args: Any, **kwargs: Any) -> Any:
-            self._armed = self.active and bool(kwargs.get("fused_lm_head"))
-            try:
+            if self.temperatures is None or not kwargs.get("fused_lm_head"):
                 return fused_forward(*args, **kwargs)
-            finally:
-                self._armed = False
+            labels = kwargs.get("shift_labels")
+            if labels is None:
+                labels = kwargs["labels"][:, 1:]
+            # looked up per call, as TRL does: FSDP and PEFT may replace the head after patching
+            weight = model.get_output_embeddings().weight
+            mask = labels.to(weight.device) != -100
+            # TRL scores only the labelled rows where Triton runs, every row elsewhere
+            rows = mask.reshape(-1) if not chunked_logprob._use_triton(weight.device) else None
+            scored = torch.ones(int(mask.sum()), dtype=torch.bool, device=mask.device)
+            fold = TileFold(self.temperatures, scored if rows is None else rows, weight.shape[0])
+            with fold.installed():
+                out = fused_forward(*args, **kwargs)
+            per_token = mask.new_zeros(*mask.shape, len(fold.betas), dtype=torch.float32)
+            per_token[mask] = fold.scores()
+            self._scores.append(per_token)
+            return out
 
         model.forward = forward
-        model.base_model.register_forward_hook(self._keep)
-
-    def _keep(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._armed:
-            self.hidden.append(output.last_hidden_state.detach())
-            self._armed = False
 
     def take(self, batch_size: int) -> Tensor:
-        """The hidden states captured since the last call, concatenated over the batch.
+        """The per-token scores kept since the last call, ``[B, L - 1, K]`` over the batch.
 
         Raises:
-            RuntimeError: the captured rows do not number ``batch_size``.
+            RuntimeError: the kept rows do not number ``batch_size``.
         """
-        hidden = torch.cat(self.hidden, dim=0) if self.hidden else None
-        self.hidden = []
-        if hidden is None or hidden.size(0) != batch_size:
-            got = 0 if hidden is None else hidden.size(0)
-            raise RuntimeError(
-                f"HiddenTap: captured {got} rows of hidden states, expected {batch_size}"
-            )
-        return hidden
-
-
-def logit_transform(config: Any) -> tuple[float, float | None]:
-    """``(logit_scale, final_logit_softcapping)`` as TRL's fused head reads them from ``config``."""
-    text = config.get_text_config()
-    cfg = vars(text)
-    scale = cfg.get("logit_scale")
-    if scale is None:
-        scale = cfg.get("output_multiplier")
-    if scale is None:
-        scale = cfg.get("lm_head_multiplier")
-    if scale is None and cfg.get("logits_scaling") is not None:
-        scaling = cfg["logits_scaling"]
-        scale = scaling if text.model_type == "hyperclovax" else 1 / scaling
-    return (1.0 if scale is None else float(scale)), cfg.get("final_logit_softcapping")
-
-
-@torch.no_grad()
-def virtual_loglik(
-    hidden: Tensor,
-    lm_head: torch.nn.Module,
-    tokens: Tensor,
-    mask: Tensor,
-    temperatures: Sequence[float],
-    *,
-    logit_scale: float = 1.0,
-    softcap: float | None = None,
-    fp32: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Sum of completion-token log-probs at each virtual temperature, and token counts.
-
-    Args:
-        hidden: ``[B, C, H]`` hidden states at the positions that predict ``tokens``.
-        lm_head: the output embedding (its ``weight`` and ``bias`` are read directly).
-        tokens: ``[B, C]`` completion token ids.
-        mask: ``[B, C]`` non-zero where a token is scored.
-        temperatures: the ``K`` virtual temperatures.
-        logit_scale, softcap: the model's logit transform (as TRL's fused head applies it).
-        fp32: project in fp32 (``cast_lm_head_to_fp32``) rather than in the hidden dtype.
-
-    Returns:
-        ``([B, K] fp32 sums, [B] fp32 token counts)``; the mean is ``sums / counts``.
-    """
-    weight, bias = lm_head.weight, lm_head.bias
-    if isinstance(weight, DTensor):
-        weight = weight.full_tensor()
-        bias = None if bias is None else bias.full_tensor()
-    sel = mask.bool()
-    rows = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1).expand_as(tokens)[sel]
-    with maybe_gather_lm_head_ctx(weight, bias):
-        logp = hidden_rows_loglik(
-            hidden[sel],
-            weight,
-            bias,
-            tokens[sel],
-            temperatures,
-            logit_scale=logit_scale,
-            softcap=softcap,
-            compute_dtype=torch.float32 if fp32 else None,
-        )
-    sums = torch.zeros(tokens.size(0), len(temperatures), dtype=torch.float32, device=logp.device)
-    sums.index_add_(0, rows, logp)
-    return sums, sel.sum(-1).float()
+        scores = torch.cat(self._scores, dim=0) if self._scores else None
+        self._scores = []
+        if scores is None or scores.size(0) != batch_size:
+            got = 0 if scores is None else scores.size(0)
+            raise RuntimeError(f"VirtualScoreTap: scored {got} rows, expected {batch_size}")
+        return scores

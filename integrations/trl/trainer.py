@@ -29,14 +29,7 @@ from trl import GRPOTrainer
 
 import metactl as mc
 
-from ._head import (
-    HiddenTap,
-    RoundTemperature,
-    check_kernel_follows_temperature,
-    logit_transform,
-    refit_fused_head,
-    virtual_loglik,
-)
+from ._head import RoundTemperature, VirtualScoreTap, check_kernel, refit_fused_head
 from ._round import RoundStats
 
 CONTROLLER_FILE = "metactl_controller.json"
@@ -152,7 +145,6 @@ class MetaGRPOTrainer(GRPOTrainer):
             check_temperature_controller(controller)
         if args is not None:
             _check_config(args)
-        check_kernel_follows_temperature()
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,
@@ -194,9 +186,8 @@ class MetaGRPOTrainer(GRPOTrainer):
                 cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
                 outputs=("log_probs",),
             )
-        self._policy = policy
-        self._logit_scale, self._softcap = logit_transform(policy.config)
-        self._tap = HiddenTap(policy)
+        check_kernel(policy.get_output_embeddings().weight.device)
+        self._tap = VirtualScoreTap(policy)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
 
@@ -243,11 +234,11 @@ class MetaGRPOTrainer(GRPOTrainer):
         if not (self.model.training and first_pass and stats is not None):
             return super()._compute_loss(model, inputs)
         if mc.Counterfactual in self.controller.accepts and stats.decision.virtual.size > 0:
-            self._tap.active = True
+            self._tap.temperatures = stats.decision.virtual.tolist()
             try:
                 loss = super()._compute_loss(model, inputs)
             finally:
-                self._tap.active = False
+                self._tap.temperatures = None
             self._score_virtual(stats, inputs, self._tap.take(inputs["completion_ids"].size(0)))
         else:
             loss = super()._compute_loss(model, inputs)
@@ -256,25 +247,18 @@ class MetaGRPOTrainer(GRPOTrainer):
         return loss
 
     def _score_virtual(
-        self, stats: RoundStats, inputs: dict[str, Any], hidden: torch.Tensor
+        self, stats: RoundStats, inputs: dict[str, Any], per_token: torch.Tensor
     ) -> None:
-        """Log-likelihoods of this micro-batch's completions at the round's virtual temperatures."""
+        """Sum this micro-batch's completion-token scores ``[B, L - 1, K]`` per rollout."""
         prompt_len = inputs["prompt_ids"].size(1)
-        completion_ids = inputs["completion_ids"]
+        length = inputs["completion_ids"].size(1)
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
-        sums, counts = virtual_loglik(
-            hidden[:, prompt_len - 1 : prompt_len - 1 + completion_ids.size(1)],
-            self._policy.get_output_embeddings(),
-            completion_ids,
-            mask,
-            stats.decision.virtual.tolist(),
-            logit_scale=self._logit_scale,
-            softcap=self._softcap,
-            fp32=self.args.cast_lm_head_to_fp32,
-        )
-        stats.add_rollouts(sums, counts, inputs["advantages"])
+        mask = mask.to(per_token.device, torch.float32)
+        scores = per_token[:, prompt_len - 1 : prompt_len - 1 + length]
+        sums = (scores * mask[..., None]).sum(dim=1)
+        stats.add_rollouts(sums, mask.sum(dim=1), inputs["advantages"])
 
     def training_step(
         self, model: Any, inputs: Any, num_items_in_batch: Any = None

@@ -25,6 +25,7 @@ from metactl.integrations.torch import (
     temperature_loglik,
     temperature_loglik_from_hidden,
 )
+from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax
 
 U = 2.0**-24
 TEMPS = [0.05, 0.1, 0.3, 0.7, 1.0, 1.5, 3.0, 10.0]
@@ -313,3 +314,20 @@ def test_hidden_rows_loglik_online_tiles_match_float64_reference(
     )
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_online_log_softmax_folds_tiles_a_few_rows_at_a_time() -> None:
+    """Tiles folded in row slices (as the TRL tile fold does) give the full-row log-softmax."""
+    gen = torch.Generator().manual_seed(12)
+    z = torch.randn(9, 23, generator=gen, dtype=torch.float64) * 4
+    tokens = torch.randint(0, 23, (9,), generator=gen)
+    temps = [0.3, 1.0, 4.0]
+    acc = OnlineTemperatureLogSoftmax(tokens, [1 / t for t in temps])
+    for v0 in range(0, 23, 10):  # tiles of 10, 10, 3 columns
+        for r0 in range(0, 9, 4):  # rows 0-3, 4-7, 8
+            tile = z[r0 : r0 + 4, v0 : v0 + 10].float().clone()
+            acc.fold(tile, v0, slice(r0, r0 + tile.shape[0]))
+    want = torch.stack(
+        [torch.log_softmax(z / t, -1).gather(-1, tokens[:, None])[:, 0] for t in temps], -1
+    )
+    torch.testing.assert_close(acc.log_probs().double(), want, rtol=1e-5, atol=1e-5)

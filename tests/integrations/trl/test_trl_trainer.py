@@ -149,6 +149,57 @@ def test_every_micro_batch_scores_at_its_round_temperature(tokenizer, model_path
         assert [t for _, t in checked[6 * r : 6 * (r + 1)]] == [temperature] * 6
 
 
+def test_virtual_scores_equal_log_softmax_of_the_model_logits(tokenizer, model, tmp_path):
+    """Each rollout's sums at the virtual temperatures, against a plain forward's logits."""
+    args = make_config(tmp_path, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1)
+    trainer = MetaGRPOTrainer(
+        model=model,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=mc.TAMPO(seed=0),
+    )
+    checked: list[int] = []
+    score_virtual = trainer._score_virtual
+
+    def checking(stats: Any, inputs: dict[str, Any], per_token: torch.Tensor) -> None:
+        completion = inputs["completion_ids"]
+        ids = torch.cat([inputs["prompt_ids"], completion], 1)
+        attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        with torch.no_grad():  # the parameters of this micro-batch's loss forward
+            logits = trainer.model(input_ids=ids, attention_mask=attention).logits.double()
+        z = logits[:, -completion.size(1) - 1 : -1]
+        mask = inputs["completion_mask"].double()
+        temps = stats.decision.virtual.tolist()
+        want = torch.stack(
+            [
+                (torch.log_softmax(z / t, -1).gather(-1, completion[..., None])[..., 0] * mask).sum(
+                    1
+                )
+                for t in temps
+            ],
+            -1,
+        )
+        got: list[tuple[torch.Tensor, torch.Tensor]] = []
+        add_rollouts = stats.add_rollouts
+        stats.add_rollouts = lambda sums, counts, adv: (
+            got.append((sums, counts)),
+            add_rollouts(sums, counts, adv),
+        )
+        score_virtual(stats, inputs, per_token)
+        del stats.add_rollouts
+        ((sums, counts),) = got
+        assert sums.shape == (completion.size(0), len(temps)) and len(temps) == 10
+        torch.testing.assert_close(sums.double(), want, atol=1e-4, rtol=1e-5)
+        assert counts.tolist() == mask.sum(1).tolist()
+        checked.append(completion.size(0))
+
+    trainer._score_virtual = checking
+    trainer.train()
+    assert len(checked) == 2 and trainer.controller.updates == 2
+
+
 def test_resume_restores_controller(tokenizer, tmp_path):
     from metactl.integrations.trl.testbed import make_model
 
