@@ -89,8 +89,9 @@ def check_kernel(device: torch.device) -> None:
         RuntimeError: the installed TRL's kernel does not behave so (an unsupported version).
     """
     gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(6, 4, generator=gen).to(device)
-    weight = torch.randn(7, 4, generator=gen).to(device)
+    # halves: every logit is exact in any matmul precision (TF32 included)
+    hidden = (torch.randint(-3, 4, (6, 4), generator=gen) / 2).to(device)
+    weight = (torch.randint(-3, 4, (7, 4), generator=gen) / 2).to(device)
     targets = torch.tensor([0, 2, 6, 1, 3, 5], device=device)
     logits = hidden @ weight.t()
     temp, virtual = RoundTemperature(1.0), [0.7, 1.3]
@@ -112,8 +113,8 @@ def check_kernel(device: torch.device) -> None:
                 -1,
             )
             if not (
-                torch.allclose(got, want, atol=1e-5)
-                and torch.allclose(scores, want_virtual, atol=1e-5)
+                torch.allclose(got, want, atol=1e-4)
+                and torch.allclose(scores, want_virtual, atol=1e-4)
             ):
                 raise RuntimeError("the kernel's log-probs or the folded virtual scores are wrong")
     except (AttributeError, TypeError, RuntimeError) as err:

@@ -10,7 +10,7 @@ pytest.importorskip("trl")
 
 from trl.kernels import ChunkedLogProbFunction, chunked_logprob
 
-from metactl.integrations.trl._head import RoundTemperature, TileFold
+from metactl.integrations.trl._head import RoundTemperature, TileFold, check_kernel
 from metactl.integrations.trl._round import preferred_temperatures
 
 
@@ -92,3 +92,10 @@ def test_preferred_temperature_recovers_the_vertex_in_beta():
     pref = preferred_temperatures(loglik, virtual)
     np.testing.assert_allclose(pref[:2], [0.9, 1.3], rtol=1e-9)
     assert pref[2] == pytest.approx(0.6)  # clamped to the grid's edge
+
+
+def test_kernel_probe_names_the_supported_trl_when_internals_change(monkeypatch):
+    check_kernel(torch.device("cpu"))  # the installed TRL passes
+    monkeypatch.delattr(chunked_logprob, "_forward_tile")  # as if TRL renamed it
+    with pytest.raises(RuntimeError, match=r"supports trl>=1\.16,<1\.17"):
+        check_kernel(torch.device("cpu"))
