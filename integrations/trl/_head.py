@@ -273,10 +273,11 @@ class VirtualScoreTap:
             # looked up per call, as TRL does: FSDP and PEFT may replace the head after patching
             weight = model.get_output_embeddings().weight
             mask = labels.to(weight.device) != -100
-            # TRL scores only the labelled rows where Triton runs, every row elsewhere
-            rows = mask.reshape(-1) if not chunked_logprob._use_triton(weight.device) else None
-            scored = torch.ones(int(mask.sum()), dtype=torch.bool, device=mask.device)
-            fold = TileFold(self.temperatures, scored if rows is None else rows, weight.shape[0])
+            if chunked_logprob._use_triton(weight.device):  # TRL projects the labelled rows only
+                scored = torch.ones(int(mask.sum()), dtype=torch.bool, device=mask.device)
+            else:  # TRL projects every row
+                scored = mask.reshape(-1)
+            fold = TileFold(self.temperatures, scored, weight.shape[0])
             with fold.installed():
                 out = fused_forward(*args, **kwargs)
             per_token = mask.new_zeros(*mask.shape, len(fold.betas), dtype=torch.float32)
