@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +131,11 @@ def test_compare_with_bad_config_fails_before_training(
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("controllers:\n  - kind: tampo\n  - kind: fixed\n    temperature: -1.0\n")
     out = tmp_path / "out"
-    t0 = time.perf_counter()
     status = main(["compare", str(cfg), "--out", str(out)])
     assert status == 2
-    assert time.perf_counter() - t0 < 5
     err = capsys.readouterr().err
     assert "controllers[1] (fixed).temperature" in err
-    assert not out.exists()
+    assert not out.exists()  # nothing ran: the output folder is made before any training
 
 
 def test_core_cli_import_stays_light() -> None:
