@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -145,7 +146,7 @@ class TileFold:
         self.betas = [1.0 / t for t in temperatures]
         self.scored = scored
         self.vocab_size = vocab_size
-        self._blocks: list[tuple[Tensor, OnlineTemperatureLogSoftmax, list[int]]] = []
+        self._blocks: list[_RowBlock] = []
         self._next_row = 0
         self._work = torch.empty(0, dtype=torch.float32, device=scored.device)
         self._raw = torch.empty(0, device=scored.device)
@@ -186,12 +187,14 @@ class TileFold:
             n = targets.shape[0]
             rows = torch.nonzero(self.scored[self._next_row : self._next_row + n])[:, 0]
             self._next_row += n
-            acc = OnlineTemperatureLogSoftmax(targets[rows], self.betas)
-            self._blocks.append((rows, acc, [0]))
-        rows, acc, columns = self._blocks[-1]
-        if vocab_start != columns[0]:
-            raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {columns[0]}")
-        columns[0] += n_cols
+            self._blocks.append(
+                _RowBlock(rows, OnlineTemperatureLogSoftmax(targets[rows], self.betas))
+            )
+        block = self._blocks[-1]
+        rows, acc = block.rows, block.acc
+        if vocab_start != block.columns:
+            raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
+        block.columns += n_cols
         step = max(1, DEFAULT_CHUNK_BYTES // (4 * n_cols))
         if self._work.numel() < step * n_cols:
             self._work = torch.empty(step * n_cols, dtype=torch.float32, device=tile.device)
@@ -213,16 +216,25 @@ class TileFold:
         Raises:
             RuntimeError: the kernel did not show every row and every vocabulary tile.
         """
-        complete = all(columns[0] == self.vocab_size for _, _, columns in self._blocks)
+        complete = all(block.columns == self.vocab_size for block in self._blocks)
         if self._next_row != self.scored.numel() or not complete:
             raise RuntimeError(
                 f"TileFold: the kernel showed {self._next_row} of {self.scored.numel()} rows "
-                f"(vocabulary covered per block: {[c[0] for _, _, c in self._blocks]} of "
+                f"(vocabulary covered per block: {[block.columns for block in self._blocks]} of "
                 f"{self.vocab_size}); {UNSUPPORTED}"
             )
         if not self._blocks:
             return torch.zeros(0, len(self.betas), device=self.scored.device)
-        return torch.cat([acc.log_probs() for _, acc, _ in self._blocks])
+        return torch.cat([block.acc.log_probs() for block in self._blocks])
+
+
+@dataclass
+class _RowBlock:
+    """One of the kernel's blocks of rows: its scored rows, their scores, the columns seen."""
+
+    rows: Tensor
+    acc: OnlineTemperatureLogSoftmax
+    columns: int = 0
 
 
 def _then(first: Callable[..., Any], then: Callable[..., Any]) -> Callable[..., None]:
