@@ -28,14 +28,14 @@ import torch
 from trl import GRPOConfig
 
 import metactl as mc  # metactl:
-from metactl.integrations.trl import MetaGRPOTrainer  # metactl:
-from metactl.integrations.trl.testbed import (
+from metactl.integrations.lab.testbed import (
     WarmStartConfig,
     make_model,
     make_task,
     make_tokenizer,
     warm_start,
 )
+from metactl.integrations.trl import MetaGRPOTrainer  # metactl:
 
 
 @dataclass

@@ -114,7 +114,11 @@ class MetaGRPOTrainer(GRPOTrainer):
             temperatures). Learns from :class:`metactl.Counterfactual` feedback when it accepts it
             (TAMPO, MetaGradient), else from :class:`metactl.Outcome` (the round's mean reward),
             else from :class:`metactl.EntropyObservation` (the round's mean token entropy).
-            With several processes rank 0's controller state is copied to every rank.
+            With several processes rank 0's controller state is copied to every rank. A
+            controller built without ``seed=`` is seeded from ``args.seed`` (so the same
+            ``GRPOConfig.seed`` samples the same temperatures); an explicit seed wins.
+            ``args.temperature`` other than TRL's default raises a ``UserWarning``: the
+            controller, not the config, sets the sampling temperature.
 
     Raises:
         TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
@@ -165,6 +169,9 @@ class MetaGRPOTrainer(GRPOTrainer):
         self.controller: mc.Controller = (
             mc.TAMPO(seed=self.args.seed) if controller is None else controller
         )
+        if isinstance(self.controller, mc.BaseController) and not self.controller.seeded:
+            self.controller.reseed(self.args.seed)
+        _warn_unused_temperature(self.args)
         if self.accelerator.num_processes > 1:
             self.controller.load_state_dict(
                 _broadcast_json(self.controller.state_dict(), self.accelerator)
@@ -310,6 +317,20 @@ class MetaGRPOTrainer(GRPOTrainer):
         with open(path) as f:
             self.controller.load_state_dict(json.load(f))
         self._round = None
+
+
+def _warn_unused_temperature(args: Any) -> None:
+    """Say once that ``GRPOConfig(temperature=...)`` does not set the sampling temperature."""
+    default = type(args).__dataclass_fields__["temperature"].default
+    if args.temperature != default:
+        warnings.warn(
+            f"GRPOConfig(temperature={args.temperature}) does not set the sampling temperature: "
+            "the controller chooses it every round. It is used only before the first round "
+            "(e.g. an evaluation before training); to sample at one temperature, pass "
+            f"controller=mc.Fixed({args.temperature}).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_config(args: Any) -> None:

@@ -107,6 +107,8 @@ class BaseController(ABC):
             )
         self._space: Space = space
         self._rng, self.seed_entropy = make_rng(seed)
+        # False when the generator came from OS entropy: a trainer may then seed it from its run.
+        self.seeded = seed is not None
         self._id = uuid.uuid4().hex
         self.step = 0  # decisions made
         self.updates = 0  # feedback batches accepted
@@ -115,6 +117,27 @@ class BaseController(ABC):
     def space(self) -> Space:
         """The arms this controller chooses among."""
         return self._space
+
+    def reseed(self, seed: int) -> None:
+        """Draw from a generator seeded with ``seed`` from now on; only before the first decision.
+
+        A trainer calls this with its run's seed when the controller was built without one, so
+        that two runs with the same seed sample the same arms::
+
+            ctl = mc.TAMPO()                   # no seed: OS entropy
+            if not ctl.seeded:
+                ctl.reseed(args.seed)          # what MetaGRPOTrainer does
+
+        Raises:
+            RuntimeError: the controller has already made a decision or learned.
+        """
+        if self.step or self.updates:
+            raise RuntimeError(
+                f"{type(self).__name__}.reseed: the controller already made {self.step} "
+                "decisions; reseed it before the first sample()"
+            )
+        self._rng, self.seed_entropy = make_rng(seed)
+        self.seeded = True
 
     # --- the public loop -------------------------------------------------
     def sample(self) -> Decision:

@@ -14,7 +14,7 @@ pytest.importorskip("trl")
 from datasets import Dataset
 from trl import GRPOConfig
 
-from metactl.integrations.trl.testbed import make_model, make_tokenizer
+from metactl.integrations.lab.testbed import make_model, make_tokenizer
 
 
 def digit_reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:

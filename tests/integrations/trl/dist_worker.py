@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import digit_reward, make_config, make_dataset
 
 import metactl as mc
+from metactl.integrations.lab.testbed import make_model, make_tokenizer
 from metactl.integrations.trl import MetaGRPOTrainer
-from metactl.integrations.trl.testbed import make_model, make_tokenizer
 
 
 def main(out: str) -> None:

@@ -57,7 +57,7 @@ def decisions_of(controller: Any) -> list[float]:
 
 
 def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, tmp_path):
-    from metactl.integrations.trl.testbed import make_model
+    from metactl.integrations.lab.testbed import make_model
 
     # 2 rounds of 2 micro-batches (1 optimizer step each)
     args = make_config(tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1)
@@ -201,7 +201,7 @@ def test_virtual_scores_equal_log_softmax_of_the_model_logits(tokenizer, model, 
 
 
 def test_resume_restores_controller(tokenizer, tmp_path):
-    from metactl.integrations.trl.testbed import make_model
+    from metactl.integrations.lab.testbed import make_model
 
     def run(out: Any, resume: str | None = None) -> tuple[Any, list[float]]:
         args = make_config(
@@ -328,3 +328,58 @@ def test_lora_policy_learns_from_counterfactual_feedback(tokenizer, model_path, 
     assert trainer.controller.updates == 2
     logged = [h for h in trainer.state.log_history if "meta/num_rollouts" in h]
     assert len(logged) == 2 and all(h["meta/num_rollouts"] > 0 for h in logged)
+
+
+def _sampled_temperatures(
+    tokenizer: Any, model: Any, tmp_path: Any, controller: Any
+) -> list[float]:
+    args = make_config(tmp_path, max_steps=3, steps_per_generation=1, gradient_accumulation_steps=1)
+    trainer = MetaGRPOTrainer(
+        model=model,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=controller,
+    )
+    values = decisions_of(trainer.controller)
+    trainer.train()
+    return values
+
+
+def test_unseeded_controller_is_seeded_from_the_run_seed(tokenizer, model_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    def run(controller: Any, name: str) -> list[float]:
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+        return _sampled_temperatures(tokenizer, model, tmp_path / name, controller)
+
+    grid = mc.Discrete([0.6, 0.8, 1.0, 1.2, 1.4])
+    # top_p=1 keeps every arm in the nucleus, so the draws show the generator, not argmax.
+    first = run(mc.TAMPO(grid, top_p=1.0), "a")
+    second = run(mc.TAMPO(grid, top_p=1.0), "b")
+    assert first == second
+    # The same draws as a controller seeded explicitly with args.seed (make_config's seed) ...
+    seed = make_config(tmp_path).seed
+    reference = mc.TAMPO(grid, top_p=1.0, seed=seed)
+    assert first[0] == reference.sample().value
+    # ... and an explicit seed wins over the run's seed.
+    explicit = mc.TAMPO(grid, top_p=1.0, seed=seed + 1)
+    assert explicit.seeded
+    run(explicit, "c")
+    assert explicit.seed_entropy == seed + 1
+
+
+def test_config_temperature_warns_that_the_controller_decides(tokenizer, model, tmp_path):
+    args = make_config(tmp_path, temperature=0.7)
+    with pytest.warns(
+        UserWarning, match=r"temperature=0\.7.*controller chooses.*mc\.Fixed\(0\.7\)"
+    ):
+        MetaGRPOTrainer(
+            model=model,
+            reward_funcs=digit_reward,
+            args=args,
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+            controller=mc.TAMPO(seed=0),
+        )

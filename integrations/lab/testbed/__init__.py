@@ -2,7 +2,7 @@
 
 Everything builds offline and deterministically by seed::
 
-    from metactl.integrations.trl.testbed import make_tokenizer, make_model, make_task
+    from metactl.integrations.lab.testbed import make_tokenizer, make_model, make_task
 
     tok = make_tokenizer()                        # character-level, no download
     model = make_model(tok, seed=0)               # tiny Qwen2, same seed -> same weights
@@ -16,7 +16,7 @@ Everything builds offline and deterministically by seed::
 from metactl.errors import require
 
 for _module in ("torch", "transformers", "datasets", "tokenizers"):
-    require(_module, "trl")
+    require(_module, "lab")
 
 from .model import SIZES, make_model  # noqa: E402
 from .tasks import TASKS, Task, countdown_reward, exact_match_reward, make_task  # noqa: E402

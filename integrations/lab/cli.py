@@ -3,8 +3,8 @@
 ``metactl demo`` trains a tiny language model with GRPO on a synthetic task and
 compares TAMPO with fixed temperatures; ``metactl compare CONFIG.yaml`` runs any
 set of controllers; ``metactl plot RUN_DIR`` redraws the report of a finished or
-interrupted run. torch, transformers and TRL are imported inside the commands
-that need them, so ``import metactl`` stays light.
+interrupted run. This module imports only the core: the lab's dependencies (``metactl[lab]``)
+are checked when a command runs, and a missing one is reported in one line.
 """
 
 from __future__ import annotations
@@ -15,9 +15,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from metactl.compare_config import CompareConfig, ConfigError, demo_config, load_config
+import metactl
+from metactl.errors import DependencyNotInstalled, require
+
+if TYPE_CHECKING:
+    from metactl.integrations.lab.config import CompareConfig
+
+#: What the lab imports beyond the core; each is installed by ``metactl[lab]``.
+LAB_MODULES = ("pydantic", "yaml", "torch", "transformers", "trl", "datasets", "tokenizers")
 
 
 def _default_out(kind: str) -> Path:
@@ -30,7 +37,7 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    from metactl.report import summary_table
+    from metactl.integrations.lab.report import summary_table
 
     print()
     print(summary_table(summary))
@@ -47,21 +54,18 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 def _run(
     cfg: CompareConfig, out: Path, args: argparse.Namespace, argv: Sequence[str] | None
 ) -> int:
-    import importlib
     import importlib.util
     import warnings
 
-    try:
-        # metactl.integrations lives outside the core package (and mypy's view of it).
-        run_compare = importlib.import_module("metactl.integrations.trl.testbed.runner").run_compare
-    except ImportError as exc:  # DependencyNotInstalled is an ImportError
-        print(f"metactl: {exc}", file=sys.stderr)
-        return 1
-    torch = importlib.import_module("torch")
+    import torch
+    import transformers
+
+    from metactl.integrations.lab.runner import run_compare
+
     figure = not args.no_plot
     if figure and importlib.util.find_spec("matplotlib") is None:
         print(
-            'metactl: matplotlib is not installed, so no report.png (pip install "metactl[plot]"); '
+            'metactl: matplotlib is not installed, so no report.png (pip install "metactl[lab]"); '
             "summary.json and report.md are written as usual",
             file=sys.stderr,
         )
@@ -72,7 +76,7 @@ def _run(
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
     # The job's own progress bar is the only one (no "Loading weights" bars per run).
-    importlib.import_module("transformers.utils.logging").disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     print(
         f"metactl: {len(cfg.controllers)} controllers x {len(cfg.seed_list())} seeds, "
         f"{cfg.steps} GRPO steps each, task {cfg.task} (difficulty {cfg.difficulty}) -> {out}",
@@ -95,6 +99,8 @@ def _run(
 
 
 def _cmd_demo(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from metactl.integrations.lab.config import demo_config
+
     cfg = demo_config(quick=args.quick, seeds=args.seeds)
     if args.steps is not None:
         cfg = cfg.model_copy(update={"steps": args.steps})
@@ -102,6 +108,8 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from metactl.integrations.lab.config import ConfigError, load_config
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -118,17 +126,15 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from metactl.report import write_report
+    import importlib.util
+
+    from metactl.integrations.lab.report import write_report
 
     out = Path(args.run_dir)
     if not (out / "runs").is_dir():
         print(f"metactl: {out} is not a metactl run folder (no runs/ inside)", file=sys.stderr)
         return 2
-    try:
-        summary = write_report(out, figure=True)
-    except ImportError as exc:
-        print(f"metactl: {exc}", file=sys.stderr)
-        return 1
+    summary = write_report(out, figure=importlib.util.find_spec("matplotlib") is not None)
     _print_summary(summary, out)
     return 0
 
@@ -149,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metactl",
         description="Adaptive temperature for RL training: demos, comparisons and reports.",
     )
+    parser.add_argument("--version", action="version", version=f"metactl {metactl.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def run_options(p: argparse.ArgumentParser) -> None:
@@ -203,7 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    status: int = args.func(args, argv)
+    try:
+        for module in LAB_MODULES:
+            require(module, "lab")
+        status: int = args.func(args, argv)
+    except DependencyNotInstalled as exc:
+        print(f"metactl: {exc}", file=sys.stderr)
+        return 1
     return status
 
 

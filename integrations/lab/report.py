@@ -1,12 +1,7 @@
 """Summaries, tables and figures of a ``metactl compare``/``demo`` output folder.
 
-Reads only the files the runs wrote (JSON and JSON lines), so it works on a
-finished or an interrupted run, and needs neither torch nor TRL::
-
-    OUT/config.json                          the validated config, command, versions
-    OUT/runs/<controller>/seed<k>/result.json    written when the run finished
-    OUT/runs/<controller>/seed<k>/metrics.jsonl  per-step metrics (also for unfinished runs)
-    OUT/runs/<controller>/seed<k>/rollouts.jsonl probe rollouts: advantage, preferred T
+Reads only the files the runs wrote (the format of :mod:`metactl.integrations.lab.rundir`),
+so it works on a finished or an interrupted run, and needs neither torch nor TRL.
 
 :func:`write_report` writes ``summary.json``, ``report.md`` and (with matplotlib)
 ``report.png`` into ``OUT``.
@@ -21,28 +16,18 @@ from typing import Any
 
 import numpy as np
 
-SUMMARY_FILE = "summary.json"
-REPORT_MD = "report.md"
-REPORT_PNG = "report.png"
-CONFIG_FILE = "config.json"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, skipping a torn last line (an interrupted write)."""
-    out: list[dict[str, Any]] = []
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
+from metactl.integrations.lab.rundir import (
+    METRICS_FILE,
+    REPORT_MD,
+    REPORT_PNG,
+    ROLLOUTS_FILE,
+    SUMMARY_FILE,
+    label_for_dir,
+    read_jsonl,
+    read_meta,
+    read_result,
+    run_dirs,
+)
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float, float]:
@@ -62,23 +47,9 @@ def mean_ci95(values: list[float]) -> tuple[float, float, float]:
     return (m, m - half, m + half)
 
 
-def _run_dirs(out: Path) -> list[Path]:
-    runs = out / "runs"
-    if not runs.is_dir():
-        return []
-    return sorted(p for p in runs.glob("*/seed*") if p.is_dir())
-
-
 def _label_order(out: Path) -> list[str]:
-    cfg_path = out / CONFIG_FILE
-    if cfg_path.exists():
-        try:
-            labels = json.loads(cfg_path.read_text()).get("labels")
-            if isinstance(labels, list):
-                return [str(x) for x in labels]
-        except json.JSONDecodeError:
-            pass
-    return []
+    labels = read_meta(out).get("labels")
+    return [str(x) for x in labels] if isinstance(labels, list) else []
 
 
 def collect(out: Path) -> dict[str, Any]:
@@ -87,22 +58,15 @@ def collect(out: Path) -> dict[str, Any]:
     Finished runs (with ``result.json``) enter the statistics; unfinished ones are
     listed under ``"incomplete"`` with the last step they logged.
     """
-    meta: dict[str, Any] = {}
-    if (out / CONFIG_FILE).exists():
-        meta = json.loads((out / CONFIG_FILE).read_text())
+    meta = read_meta(out)
     finished: dict[str, list[dict[str, Any]]] = {}
     incomplete: list[dict[str, Any]] = []
-    for rd in _run_dirs(out):
-        res_path = rd / "result.json"
-        if res_path.exists():
-            try:
-                res = json.loads(res_path.read_text())
-            except json.JSONDecodeError:
-                res = None
-            if isinstance(res, dict):
-                finished.setdefault(str(res["controller"]), []).append(res)
-                continue
-        recs = read_jsonl(rd / "metrics.jsonl")
+    for rd in run_dirs(out):
+        res = read_result(rd)
+        if res is not None:
+            finished.setdefault(str(res["controller"]), []).append(res)
+            continue
+        recs = read_jsonl(rd / METRICS_FILE)
         last = max((int(r.get("step", 0)) for r in recs), default=0)
         incomplete.append({"run": str(rd.relative_to(out)), "last_step": last})
     order = _label_order(out)
@@ -201,19 +165,15 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
 def _curves(out: Path) -> dict[str, list[list[tuple[int, float]]]]:
     """Held-out accuracy curves per controller label (finished and unfinished runs)."""
     curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for rd in _run_dirs(out):
-        res_path = rd / "result.json"
-        label: str | None = None
-        if res_path.exists():
-            try:
-                res = json.loads(res_path.read_text())
-                label = str(res["controller"])
-                curves.setdefault(label, []).append([(int(s), float(a)) for s, a in res["curve"]])
-                continue
-            except (json.JSONDecodeError, KeyError):
-                pass
-        recs = [r for r in read_jsonl(rd / "metrics.jsonl") if "eval/accuracy" in r]
-        label = _label_for_dir(out, rd)
+    for rd in run_dirs(out):
+        res = read_result(rd)
+        if res is not None:
+            curves.setdefault(str(res["controller"]), []).append(
+                [(int(s), float(a)) for s, a in res["curve"]]
+            )
+            continue
+        recs = [r for r in read_jsonl(rd / METRICS_FILE) if "eval/accuracy" in r]
+        label = label_for_dir(out, rd)
         if recs:
             curves.setdefault(label, []).append(
                 [(int(r["step"]), float(r["eval/accuracy"])) for r in recs]
@@ -221,26 +181,14 @@ def _curves(out: Path) -> dict[str, list[list[tuple[int, float]]]]:
     return curves
 
 
-def _label_for_dir(out: Path, rd: Path) -> str:
-    cfg_path = out / CONFIG_FILE
-    if cfg_path.exists():
-        try:
-            slugs = json.loads(cfg_path.read_text()).get("slugs", {})
-            if rd.parent.name in slugs:
-                return str(slugs[rd.parent.name])
-        except json.JSONDecodeError:
-            pass
-    return rd.parent.name
-
-
 def _meta_policy(
     out: Path, label: str
 ) -> tuple[list[float], list[float], np.ndarray[Any, np.dtype[np.float64]], list[int]] | None:
     """(arm values, sampled temperature per step, probs[steps, K], steps) of one run of ``label``."""
-    for rd in _run_dirs(out):
-        if _label_for_dir(out, rd) != label:
+    for rd in run_dirs(out):
+        if label_for_dir(out, rd) != label:
             continue
-        recs = read_jsonl(rd / "metrics.jsonl")
+        recs = read_jsonl(rd / METRICS_FILE)
         arms = sorted(
             {k[len("meta/prob/") :] for r in recs for k in r if k.startswith("meta/prob/")},
             key=float,
@@ -263,8 +211,8 @@ def _preferred(out: Path) -> tuple[list[float], list[float]]:
     """Preferred temperatures of positive and negative advantage probe rollouts (all runs)."""
     pos: list[float] = []
     neg: list[float] = []
-    for rd in _run_dirs(out):
-        for r in read_jsonl(rd / "rollouts.jsonl"):
+    for rd in run_dirs(out):
+        for r in read_jsonl(rd / ROLLOUTS_FILE):
             for a, p in zip(r.get("advantage", []), r.get("preferred", []), strict=False):
                 (pos if a > 0 else neg).append(float(p))
     return pos, neg
@@ -274,14 +222,14 @@ def plot_report(out: Path, summary: dict[str, Any]) -> Path:
     """Write ``report.png``: accuracy curves with 95% bands, TAMPO's meta-policy, Figure 4.
 
     Raises:
-        metactl.DependencyNotInstalled: matplotlib is missing (``pip install "metactl[plot]"``).
+        metactl.DependencyNotInstalled: matplotlib is missing (``pip install "metactl[lab]"``).
     """
     try:
         import matplotlib
     except ImportError as exc:
         from metactl.errors import DependencyNotInstalled
 
-        raise DependencyNotInstalled("matplotlib", "plot") from exc
+        raise DependencyNotInstalled("matplotlib", "lab") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

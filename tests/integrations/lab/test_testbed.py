@@ -11,8 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from metactl.compare_config import TASK_DIFFICULTY  # noqa: E402
-from metactl.integrations.trl.testbed import (  # noqa: E402
+from metactl.integrations.lab.config import ConfigError, parse_config  # noqa: E402
+from metactl.integrations.lab.runner import sample_rollouts  # noqa: E402
+from metactl.integrations.lab.testbed import (  # noqa: E402
     TASKS,
     WarmStartConfig,
     cache_dir,
@@ -24,8 +25,7 @@ from metactl.integrations.trl.testbed import (  # noqa: E402
     make_tokenizer,
     warm_start,
 )
-from metactl.integrations.trl.testbed.runner import sample_rollouts  # noqa: E402
-from metactl.integrations.trl.testbed.tasks import _RANGES  # noqa: E402
+from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES  # noqa: E402
 
 
 def test_tokenizer_is_char_level_and_round_trips() -> None:
@@ -57,7 +57,7 @@ def test_model_is_deterministic_and_leaves_global_rng_alone() -> None:
 
 @pytest.mark.parametrize("name", TASKS)
 def test_tasks_are_deterministic_disjoint_and_fixed_length(name: str) -> None:
-    d = TASK_DIFFICULTY[name][0] + 1
+    d = DIFFICULTY_RANGES[name][0] + 1
     t1 = make_task(name, difficulty=d, seed=1, n_train=300, n_eval=50)
     t2 = make_task(name, difficulty=d, seed=1, n_train=300, n_eval=50)
     t3 = make_task(name, difficulty=d, seed=2, n_train=300, n_eval=50)
@@ -75,8 +75,14 @@ def test_tasks_are_deterministic_disjoint_and_fixed_length(name: str) -> None:
     assert longest + 1 <= t1.max_completion_length
 
 
-def test_task_ranges_match_the_config_schema() -> None:
-    assert TASK_DIFFICULTY == _RANGES
+@pytest.mark.parametrize("name", TASKS)
+def test_config_accepts_exactly_the_task_range(name: str) -> None:
+    lo, hi = DIFFICULTY_RANGES[name]
+    for d in (lo, hi):
+        assert parse_config({"task": name, "difficulty": d, "controllers": [{"kind": "tampo"}]})
+    for d in (lo - 1, hi + 1):
+        with pytest.raises(ConfigError, match=f"{name} takes {lo}..{hi}"):
+            parse_config({"task": name, "difficulty": d, "controllers": [{"kind": "tampo"}]})
 
 
 def test_task_rejects_bad_arguments() -> None:

@@ -171,7 +171,12 @@ _GENERATORS: dict[str, tuple[Callable[[np.random.Generator, int], dict[str, Any]
     "countdown": (_countdown, countdown_reward),
 }
 
-_RANGES: dict[str, tuple[int, int]] = {"addition": (1, 6), "sorting": (2, 12), "countdown": (2, 5)}
+#: Difficulty range of each task: digits per operand, list length, count of numbers.
+DIFFICULTY_RANGES: dict[str, tuple[int, int]] = {
+    "addition": (1, 6),
+    "sorting": (2, 12),
+    "countdown": (2, 5),
+}
 
 
 def _answer_tokens(name: str, d: int) -> int:
@@ -207,7 +212,7 @@ def make_task(
 
     if name not in _GENERATORS:
         raise ValueError(f"make_task(name): unknown task {name!r}; expected one of {list(TASKS)}")
-    lo, hi = _RANGES[name]
+    lo, hi = DIFFICULTY_RANGES[name]
     if not lo <= difficulty <= hi:
         raise ValueError(f"make_task(difficulty): {name} takes {lo}..{hi}, got {difficulty}")
     gen, reward = _GENERATORS[name]

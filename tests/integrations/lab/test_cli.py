@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import metactl as mc
-from metactl.cli import build_parser, main
-from metactl.compare_config import (
+from metactl.integrations.lab.cli import build_parser, main
+from metactl.integrations.lab.config import (
     CONTROLLER_KINDS,
     CompareConfig,
     ConfigError,
@@ -20,7 +20,7 @@ from metactl.compare_config import (
     load_config,
     parse_config,
 )
-from metactl.report import collect, mean_ci95, read_jsonl, write_report
+from metactl.integrations.lab.report import collect, mean_ci95, read_jsonl, write_report
 
 
 def _cfg(*controllers: dict[str, Any], **top: Any) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def test_compare_with_bad_config_fails_before_training(
 
 def test_core_cli_import_stays_light() -> None:
     code = (
-        "import sys, metactl.cli, metactl.compare_config, metactl.report;"
+        "import sys, metactl.integrations.lab.cli, metactl.integrations.lab.config, metactl.integrations.lab.report;"
         "bad = [m for m in ('torch', 'transformers', 'trl', 'matplotlib') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -281,7 +281,17 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**__import__("os").environ, "METACTL_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "metactl.cli", "demo", "--quick", "--steps", "6", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "metactl.integrations.lab.cli",
+            "demo",
+            "--quick",
+            "--steps",
+            "6",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -317,7 +327,7 @@ def test_interrupted_compare_keeps_finished_runs(
 ) -> None:
     pytest.importorskip("trl")
     pytest.importorskip("matplotlib")
-    from metactl.integrations.trl.testbed import runner
+    from metactl.integrations.lab import runner
 
     calls: list[tuple[int, int]] = []
 

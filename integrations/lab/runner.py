@@ -1,8 +1,8 @@
 """Run GRPO through ``MetaGRPOTrainer`` on the testbed and write each run's files.
 
 A compare job is one run per (controller, seed), all from the same cached warm
-start, on the same task and held-out set. Each run writes, under
-``OUT/runs/<controller>/seed<k>/``:
+start, on the same task and held-out set. Each run writes, in its folder (the format of
+:mod:`metactl.integrations.lab.rundir`):
 
 - ``metrics.jsonl``: one JSON object per line: TRL's logged metrics every step
   (``meta/temperature``, ``meta/prob/<T>``, rewards, ...) with ``"step"``, and the
@@ -18,9 +18,7 @@ A run without ``result.json`` was interrupted; :func:`run_compare` reruns it whe
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,36 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from metactl.compare_config import CompareConfig
+from metactl.integrations.lab.config import CompareConfig
+from metactl.integrations.lab.rundir import (
+    METRICS_FILE,
+    RESULT_FILE,
+    ROLLOUTS_FILE,
+    append_jsonl,
+    read_meta,
+    run_dir_for,
+    slug,
+    write_meta,
+    write_result,
+)
+from metactl.integrations.lab.testbed.tasks import Task, make_task
+from metactl.integrations.lab.testbed.warmstart import evaluate, warm_start
 
-from .tasks import Task, make_task
-from .warmstart import WarmStartConfig, evaluate, warm_start
-
-RESULT_FILE = "result.json"
 PROBE_PROMPTS = 16
-
-
-def slug(label: str) -> str:
-    """A folder name for a controller label (``"T=0.6"`` -> ``"T0.6"``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "", label.replace(" ", "_")) or "controller"
-
-
-def run_dir_for(out: Path, label: str, seed: int) -> Path:
-    """The folder of one run inside a compare output folder."""
-    return out / "runs" / slug(label) / f"seed{seed}"
-
-
-def warm_start_config(cfg: CompareConfig) -> WarmStartConfig:
-    """The warm-start settings a compare config implies."""
-    ws = cfg.warm_start
-    return WarmStartConfig(
-        task=cfg.task,
-        difficulty=cfg.difficulty,
-        size=ws.size,
-        seed=ws.seed,
-        target_accuracy=ws.target_accuracy,
-        max_steps=ws.max_steps,
-    )
 
 
 def sample_rollouts(
@@ -178,14 +162,10 @@ def _callbacks(
     import torch
     from transformers import TrainerCallback
 
-    metrics_path = run_dir / "metrics.jsonl"
-    rollouts_path = run_dir / "rollouts.jsonl"
+    metrics_path = run_dir / METRICS_FILE
+    rollouts_path = run_dir / ROLLOUTS_FILE
     tok = model_tok[1]
     gen = torch.Generator().manual_seed(10_000 + seed)
-
-    def write(path: Path, obj: dict[str, Any]) -> None:
-        with path.open("a") as f:
-            f.write(json.dumps(obj) + "\n")
 
     class Recorder(TrainerCallback):  # type: ignore[misc]
         """Writes TRL's logs, evaluates held-out accuracy and probes rollouts."""
@@ -198,7 +178,7 @@ def _callbacks(
                 if "meta/temperature" in logs:
                     self.temperature = float(logs["meta/temperature"])
                 rec = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
-                write(metrics_path, rec)
+                append_jsonl(metrics_path, rec)
 
         def on_step_end(
             self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any
@@ -209,7 +189,7 @@ def _callbacks(
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 acc = evaluate(model, tok, task)
                 curve.append((step, acc))
-                write(metrics_path, {"step": step, "eval/accuracy": acc})
+                append_jsonl(metrics_path, {"step": step, "eval/accuracy": acc})
                 probe = probe_rollouts(
                     model,
                     tok,
@@ -218,7 +198,7 @@ def _callbacks(
                     num_generations=cfg.trainer.num_generations,
                     generator=gen,
                 )
-                write(rollouts_path, {"step": step, **probe})
+                append_jsonl(rollouts_path, {"step": step, **probe})
 
     return [Recorder()]
 
@@ -251,7 +231,7 @@ def run_one(
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    model, tok, ws_meta = warm_start(warm_start_config(cfg))
+    model, tok, ws_meta = warm_start(cfg.warm_start_config())
     task = make_task(
         cfg.task, difficulty=cfg.difficulty, seed=cfg.warm_start.seed, n_eval=cfg.eval_size
     )
@@ -281,8 +261,7 @@ def run_one(
     t0 = time.perf_counter()
     acc0 = evaluate(model, tok, task)
     curve.append((0, acc0))
-    with (run_dir / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"step": 0, "eval/accuracy": acc0}) + "\n")
+    append_jsonl(run_dir / METRICS_FILE, {"step": 0, "eval/accuracy": acc0})
     trainer = MetaGRPOTrainer(
         model=model,
         reward_funcs=task.reward_func,
@@ -323,7 +302,7 @@ def run_one(
         "controller_state": controller.state_dict(),
     }
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    write_result(run_dir, result)
     return result
 
 
@@ -372,7 +351,7 @@ def run_compare(
     """
     from tqdm.auto import tqdm
 
-    from metactl.report import CONFIG_FILE, write_report
+    from metactl.integrations.lab.report import write_report
 
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
@@ -386,17 +365,12 @@ def run_compare(
         "slugs": {slug(x): x for x in labels},
         "expected_runs": len(labels) * len(seeds),
     }
-    cfg_path = out_p / CONFIG_FILE
-    if resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text()).get("config")
-        if old != meta["config"]:
-            raise ValueError(
-                f"--resume: {cfg_path} holds a different config; use another --out folder"
-            )
-    cfg_path.write_text(json.dumps(meta, indent=2))
+    if resume and read_meta(out_p).get("config", meta["config"]) != meta["config"]:
+        raise ValueError(f"--resume: {out_p} holds a different config; use another --out folder")
+    write_meta(out_p, meta)
 
     # Build the warm start before the progress bar (it may train once, then it is cached).
-    warm_start(warm_start_config(cfg), verbose=False)
+    warm_start(cfg.warm_start_config(), verbose=False)
     jobs = [(i, s) for s in seeds for i in range(len(labels))]
     bar = tqdm(
         total=len(jobs) * cfg.steps,

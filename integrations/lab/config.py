@@ -28,8 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from metactl.controllers import (
     PAPER_TEMPERATURES,
     TAMPO,
@@ -40,17 +38,17 @@ from metactl.controllers import (
     Schedule,
     SlidingWindowUCB,
 )
+from metactl.errors import require
+from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES
+from metactl.integrations.lab.testbed.warmstart import WarmStartConfig
 from metactl.spaces import Box, Discrete
+
+require("pydantic", "lab")
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator  # noqa: E402
 
 Temperature = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 """A sampling temperature: finite and > 0."""
-
-#: Difficulty range of each testbed task (mirrors ``metactl.integrations.trl.testbed``).
-TASK_DIFFICULTY: dict[str, tuple[int, int]] = {
-    "addition": (1, 6),
-    "sorting": (2, 12),
-    "countdown": (2, 5),
-}
 
 
 class ConfigError(ValueError):
@@ -268,10 +266,10 @@ class WarmStartSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: Literal["tiny", "small"] = "tiny"
-    seed: int = Field(default=0, ge=0)
-    target_accuracy: float = Field(default=0.3, gt=0, le=1)
-    max_steps: int = Field(default=4000, ge=1)
+    size: Literal["tiny", "small"] = WarmStartConfig.size  # type: ignore[assignment]
+    seed: int = Field(default=WarmStartConfig.seed, ge=0)
+    target_accuracy: float = Field(default=WarmStartConfig.target_accuracy, gt=0, le=1)
+    max_steps: int = Field(default=WarmStartConfig.max_steps, ge=1)
 
 
 class CompareConfig(BaseModel):
@@ -291,7 +289,7 @@ class CompareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: Literal["addition", "sorting", "countdown"] = "addition"
+    task: str = "addition"
     difficulty: int = 2
     steps: int = Field(default=150, ge=1)
     seeds: int | list[Annotated[int, Field(ge=0)]] = 3
@@ -303,7 +301,9 @@ class CompareConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
-        lo, hi = TASK_DIFFICULTY[self.task]
+        if self.task not in DIFFICULTY_RANGES:
+            raise ValueError(f"task: expected one of {list(DIFFICULTY_RANGES)}, got {self.task!r}")
+        lo, hi = DIFFICULTY_RANGES[self.task]
         if not lo <= self.difficulty <= hi:
             raise ValueError(f"difficulty: {self.task} takes {lo}..{hi}, got {self.difficulty}")
         if isinstance(self.seeds, int) and self.seeds < 1:
@@ -319,6 +319,12 @@ class CompareConfig(BaseModel):
                 f"controllers: labels must be distinct (set `name:`), repeated: {dupes}"
             )
         return self
+
+    def warm_start_config(self) -> WarmStartConfig:
+        """The warm-start settings this config implies (task, difficulty and ``warm_start``)."""
+        return WarmStartConfig(
+            task=self.task, difficulty=self.difficulty, **self.warm_start.model_dump()
+        )
 
     def seed_list(self) -> list[int]:
         """The seeds as a list."""
