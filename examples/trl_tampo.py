@@ -1,8 +1,8 @@
 """GRPO with TAMPO choosing the sampling temperature, on TRL: CleanRL-style, one file.
 
-    python examples/trl_tampo.py                          # offline, CPU: tiny local model
-    python examples/trl_tampo.py --warm-start             # SFT warm start first (cached)
+    python examples/trl_tampo.py                          # offline, CPU: warm-started tiny model
     python examples/trl_tampo.py --controller fixed       # the GRPOTrainer baseline at T = 1
+    python examples/trl_tampo.py --no-warm-start          # from random weights (reward stays 0)
     python examples/trl_tampo.py --model Qwen/Qwen2.5-0.5B-Instruct --max-steps 200 \
         --max-completion-length 256 --num-generations 8   # a real run, on a GPU
 
@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig
 
 import metactl as mc  # metactl:
 from metactl.integrations.lab.testbed import (
     WarmStartConfig,
+    evaluate,
     make_model,
     make_task,
     make_tokenizer,
@@ -45,16 +47,16 @@ class Args:
     controller: str = "tampo"
     """tampo | metagradient (continuous T in [0.3, 3]) | fixed (T = --temperature)"""
     temperature: float = 1.0
-    """the temperature of --controller fixed (and before the first round)"""
+    """the temperature of --controller fixed"""
     task: str = "addition"
     """testbed task the prompts come from: addition | sorting | countdown"""
     difficulty: int = 2
-    warm_start: bool = False
-    """SFT warm start of the tiny model first (cached), so that rewards are not all zero"""
+    warm_start: bool = True
+    """SFT warm start of the tiny model first (cached): a random model never earns a reward"""
     seed: int = 0
-    max_steps: int = 20
+    max_steps: int = 60
     learning_rate: float = 1e-4
-    per_device_train_batch_size: int = 16
+    per_device_train_batch_size: int = 64
     num_generations: int = 8
     max_completion_length: int = 0
     """0 = the task's own length"""
@@ -73,7 +75,7 @@ def parse_args(argv: list[str]) -> Args:
     for f in dataclasses.fields(Args):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
     return Args(**vars(parser.parse_args(argv)))
@@ -93,6 +95,25 @@ def math_reward(
         numbers = _NUMBER.findall(boxed[-1] if boxed else text)
         scores.append(float(bool(numbers) and numbers[-1] == str(target).strip()))
     return scores
+
+
+class RoundSummary(TrainerCallback):  # type: ignore[misc]
+    """Print the mean reward and temperature of every ``every`` rounds."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.rewards, self.temperatures = every, [], []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        if logs and "reward" in logs:
+            self.rewards.append(logs["reward"])
+            self.temperatures.append(logs.get("meta/temperature", float("nan")))
+        if len(self.rewards) == self.every:
+            print(
+                f"rounds to {state.global_step}: mean reward {np.mean(self.rewards):.3f}, "
+                f"mean temperature {np.mean(self.temperatures):.2f}",
+                flush=True,
+            )
+            self.rewards, self.temperatures = [], []
 
 
 def main(args: Args) -> None:
@@ -141,8 +162,7 @@ def main(args: Args) -> None:
         max_completion_length=args.max_completion_length or task.max_completion_length,
         steps_per_generation=args.steps_per_generation,
         num_iterations=args.num_iterations,
-        temperature=args.temperature,
-        logging_steps=1,
+        logging_steps=1,  # every round's meta/temperature in the log history
         report_to=args.report_to,
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
@@ -159,6 +179,10 @@ def main(args: Args) -> None:
         processing_class=tokenizer,
         controller=controller,  # metactl:
     )
+    trainer.remove_callback(PrinterCallback)  # one line per 10 rounds below, not every log
+    trainer.add_callback(RoundSummary(every=10))
+    held_out = not args.model  # the testbed's held-out prompts, scored by greedy decoding
+    before = evaluate(model, tokenizer, task) if held_out else None
     trainer.train(resume_from_checkpoint=args.resume_from or None)
 
     temperatures = [
@@ -166,7 +190,13 @@ def main(args: Args) -> None:
     ]
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     print(f"temperatures per round: {[round(t, 3) for t in temperatures]}")
-    print(f"mean reward, first / last round: {rewards[0]:.3f} / {rewards[-1]:.3f}")
+    tenth = max(1, len(rewards) // 10)
+    print(
+        f"mean reward, first / last {tenth} rounds: "
+        f"{np.mean(rewards[:tenth]):.3f} / {np.mean(rewards[-tenth:]):.3f}"
+    )
+    if before is not None:
+        print(f"held-out greedy accuracy: {before:.1%} -> {evaluate(model, tokenizer, task):.1%}")
     if isinstance(controller.space, mc.Discrete) and args.controller == "tampo":  # metactl:
         probs = dict(
             zip(
