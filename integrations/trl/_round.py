@@ -106,7 +106,8 @@ def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarra
         with np.errstate(divide="ignore", invalid="ignore"):
             vertex = np.where(a < 0, -b / (2 * a), x1)
         out[rows] = np.clip(vertex, x0, x2)
-    return 1.0 / out
+    preferred: np.ndarray = 1.0 / out
+    return preferred
 
 
 def preferred_metrics(

@@ -87,7 +87,7 @@ def _broadcast_json(obj: Any, accelerator: Any) -> Any:
     return json.loads(bytes(buf.cpu().tolist()).decode())
 
 
-class MetaGRPOTrainer(GRPOTrainer):
+class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy (pyproject)
     """``trl.GRPOTrainer`` whose sampling temperature is a metactl controller's decision.
 
     Switching from GRPOTrainer is one import and one argument::
@@ -218,7 +218,8 @@ class MetaGRPOTrainer(GRPOTrainer):
             self._round = RoundStats(decision)
             self.set_temperature(decision.value)
             self._metrics["train"]["meta/temperature"].append(decision.value)
-        return super()._generate_and_score_completions(inputs)
+        batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+        return batch
 
     def _calculate_rewards(
         self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
@@ -238,8 +239,10 @@ class MetaGRPOTrainer(GRPOTrainer):
         generate_every = self.args.steps_per_generation * self.num_iterations
         first_pass = self._step % generate_every < self.args.steps_per_generation
         stats = self._round
+        loss: torch.Tensor
         if not (self.model.training and first_pass and stats is not None):
-            return super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, inputs)
+            return loss
         if mc.Counterfactual in self.controller.accepts and stats.decision.virtual.size > 0:
             self._tap.temperatures = stats.decision.virtual.tolist()
             try:
@@ -270,7 +273,7 @@ class MetaGRPOTrainer(GRPOTrainer):
     def training_step(
         self, model: Any, inputs: Any, num_items_in_batch: Any = None
     ) -> torch.Tensor:
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        loss: torch.Tensor = super().training_step(model, inputs, num_items_in_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 and self._round is not None:
             self._finish_round(self._round)
