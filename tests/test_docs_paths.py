@@ -26,7 +26,12 @@ def named_paths(page: Path) -> list[tuple[str, Path]]:
     for span in CODE.findall(text):
         for word in span.split():
             word = word.strip("'\",;:()")
-            if word.startswith(TOP_LEVEL) and not GYM_ID.match(word) and "<" not in word and "*" not in word:
+            if (
+                word.startswith(TOP_LEVEL)
+                and not GYM_ID.match(word)
+                and "<" not in word
+                and "*" not in word
+            ):
                 found.append((word, ROOT / word.rstrip("/")))
     # Markdown names of repository files outside backticks (e.g. "see DESIGN.md section 7").
     for word in FILE_NAME.findall(re.sub(r"`[^`\n]*`|\]\([^)]*\)|```.*?```", "", text, flags=re.S)):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("accelerate")
-from accelerate.commands.config.config_args import ClusterConfig  # noqa: E402
-from accelerate.utils import DistributedType  # noqa: E402
+from accelerate.commands.config.config_args import ClusterConfig
+from accelerate.utils import DistributedType
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "accelerate_configs"
 
