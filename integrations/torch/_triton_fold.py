@@ -22,8 +22,10 @@ Layout, and why (no GPU was available to tune it, so these are reasoned choices)
   row stride and an ``active`` flag per row), so unscored rows are never read and nothing is
   copied or gathered.
 - Columns in blocks of :data:`BLOCK_V` = 4096 with :data:`NUM_WARPS` = 8 warps: 16 fp32
-  values per thread per live vector (``z``, ``z - m'`` and one exponential at a time), a few
-  dozen registers, so several programs fit on an SM to hide the loads.
+  values per thread per live vector (``z``, ``z - m'`` and one exponential at a time). Compiled
+  for sm_90 by Triton 3.9 (K in {1, 10, 17}, with and without softcap), that is 40 to 80
+  registers per thread and no spills, so several programs fit on an SM to hide the loads;
+  the PTX holds exactly K ``ex2`` per logit (plus one for the softcap).
 - The K temperatures are an unrolled ``tl.static_range(K)`` (``K`` is a constexpr, any value)
   over a ``[BLOCK_V]`` vector: exactly K exponentials per logit. Triton has no arrays of
   scalars, so the K sums are one ``[K_PAD]`` vector (next power of two) updated with
@@ -46,6 +48,7 @@ reading them (2.5 GB of bf16) takes 0.5 ms, hidden behind the exponentials.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -149,6 +152,15 @@ def _kernel(interpret: bool) -> Any:
     return triton.jit(_fold_rows)
 
 
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Make ``device`` the current CUDA/XPU device for the duration of a launch."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    if device.type == "xpu":
+        return torch.xpu.device(device)
+    return contextlib.nullcontext()
+
+
 class TritonFold:
     """K online log-softmaxes of ``P`` rows whose logits arrive in column tiles, by the kernel.
 
@@ -216,30 +228,32 @@ class TritonFold:
                 "the Triton kernel needs rows under 2**31 elements: make the logits contiguous "
                 "in the vocabulary"
             )
-        _kernel(interpreting())[(rows,)](
-            z,
-            z if row_offsets is None else row_offsets,
-            row_stride,
-            col_stride,
-            self.max if active is None else active,
-            self.tokens,
-            self.betas,
-            self.max,
-            self.sums,
-            self.target,
-            vocab_start,
-            n_cols,
-            float(logit_scale),
-            1.0 if softcap is None else float(softcap),
-            K=k,
-            K_PAD=triton.next_power_of_2(k),
-            HAS_ROW_OFFSETS=row_offsets is not None,
-            ALIGNED_OFFSETS=aligned_offsets,
-            HAS_ACTIVE=active is not None,
-            HAS_SOFTCAP=softcap is not None,
-            BLOCK_V=BLOCK_V,
-            num_warps=NUM_WARPS,
-        )
+        # Triton launches on the current device: make it the tensors' one
+        with _on_device(z.device):
+            _kernel(interpreting())[(rows,)](
+                z,
+                z if row_offsets is None else row_offsets,
+                row_stride,
+                col_stride,
+                self.max if active is None else active,
+                self.tokens,
+                self.betas,
+                self.max,
+                self.sums,
+                self.target,
+                vocab_start,
+                n_cols,
+                float(logit_scale),
+                1.0 if softcap is None else float(softcap),
+                K=k,
+                K_PAD=triton.next_power_of_2(k),
+                HAS_ROW_OFFSETS=row_offsets is not None,
+                ALIGNED_OFFSETS=aligned_offsets,
+                HAS_ACTIVE=active is not None,
+                HAS_SOFTCAP=softcap is not None,
+                BLOCK_V=BLOCK_V,
+                num_warps=NUM_WARPS,
+            )
 
     def log_probs(self) -> Tensor:
         """``[P, K]`` fp32: ``beta_k (z_o - m) - log s_k`` from the columns folded so far."""

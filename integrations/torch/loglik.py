@@ -487,7 +487,7 @@ def _triton_rows_logp(
         rows.shape[-1],
         row_stride=rows.stride(0),
         col_stride=rows.stride(1),
-        active=scored,
+        active=None if scored is None else scored.to(torch.int8),
     )
     logp: Tensor = state.log_probs()
     return logp

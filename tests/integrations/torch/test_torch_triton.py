@@ -85,6 +85,7 @@ def make_batch(
 
 
 @pytest.mark.skipif(IN_INTERPRETER, reason="this process runs TestKernelInInterpreter itself")
+@pytest.mark.slow  # a fresh process: imports, then the interpreter (about 10 s of CPU)
 def test_kernel_cases_in_a_fresh_interpreter_process() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest"]

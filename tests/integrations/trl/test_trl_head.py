@@ -136,6 +136,7 @@ IN_INTERPRETER = _in_interpreter()
     reason="Triton is not installed (pip install triton)",
 )
 @pytest.mark.skipif(IN_INTERPRETER, reason="this process runs TestTritonTileFold itself")
+@pytest.mark.slow  # a fresh process: imports, then the interpreter (about 10 s of CPU)
 def test_triton_tile_fold_cases_in_a_fresh_interpreter_process() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest"]
