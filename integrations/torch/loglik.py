@@ -9,6 +9,11 @@ The shift ``m`` is computed once per row and serves every temperature, so a chun
 is read from memory (and upcast to fp32) once for all ``K`` temperatures. Extra memory is a
 few buffers of ``chunk_size x V`` fp32 numbers, whatever ``K`` is; nothing of shape
 ``[K, B, L, V]`` (or even ``[B, L, V]``) is ever allocated.
+
+That is the torch implementation, tuned for CPU caches. On CUDA and XPU devices the ops run a
+Triton kernel instead (``implementation="auto"``; see :mod:`._dispatch` and
+:mod:`._triton_fold`): one program per scored row folds the row, or a tile of it, into the
+running maximum and the K sums in one pass, K exponentials per logit.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from metactl.integrations.torch._checks import (
     inverse_temperatures,
     shape,
 )
+from metactl.integrations.torch._dispatch import Implementation, resolve_implementation
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -159,6 +165,7 @@ def chunk_temperature_loglik(
     *,
     mask: Tensor | None = None,
     validate: bool = True,
+    implementation: Implementation = "auto",
 ) -> Tensor:
     """Per-token log-probabilities of one chunk of rows at K temperatures (the building block).
 
@@ -181,13 +188,17 @@ def chunk_temperature_loglik(
         validate: check that scored ids lie in ``[0, V)`` and that every scored log-probability is
             finite (NaN/inf logits). Costs one host-device sync; pass False to check the final
             result yourself.
+        implementation: ``"auto"`` (Triton on CUDA/XPU, torch elsewhere), ``"torch"`` or
+            ``"triton"`` (see :func:`temperature_loglik`).
 
     Returns:
         ``[..., K]`` fp32 log-probabilities, detached (no gradient flows into ``logits``).
 
     Raises:
         ValueError: bad shapes or dtypes, bad temperatures, or (with ``validate``) scored ids
-            outside the vocabulary or non-finite scored log-probabilities.
+            outside the vocabulary or non-finite scored log-probabilities; a bad
+            ``implementation``.
+        ImportError: Triton is needed but not installed.
     """
     check_float(logits, "logits")
     if logits.dim() < 1 or logits.shape[-1] < 1:
@@ -203,7 +214,10 @@ def chunk_temperature_loglik(
         ids = torch.where(scored, ids, torch.zeros_like(ids))
     if validate:
         check_tokens_in_vocab(ids, vocab)
-    out = _rows_logp(rows, ids.long(), betas)
+    if resolve_implementation(implementation, logits.device) == "triton":
+        out = _triton_rows_logp(rows, ids.long(), betas, scored)
+    else:
+        out = _rows_logp(rows, ids.long(), betas)
     if scored is not None:
         out = torch.where(scored[:, None], out, torch.zeros_like(out))
     if validate:
@@ -220,13 +234,16 @@ def temperature_loglik(
     *,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    implementation: Implementation = "auto",
 ) -> Tensor:
     """Log-likelihood of each rollout at K virtual temperatures (TAMPO's ``l_k(i)``).
 
     ``l_k(b) = (1 / |tau_b|) sum_{t: mask[b, t]} log softmax(logits[b, t] / T_k)[tokens[b, t]]``
 
-    Only scored tokens are touched: their rows are gathered a chunk at a time, each chunk
-    upcast to fp32 and read once for all K temperatures (see :func:`chunk_temperature_loglik`).
+    Only scored tokens are touched. The torch implementation gathers their rows a chunk at a
+    time, each chunk upcast to fp32 and read once for all K temperatures (see
+    :func:`chunk_temperature_loglik`); the Triton one reads each scored row where it lies, in
+    one kernel launch (one program per row, the whole vocabulary swept inside it).
 
     Args:
         logits: ``[B, L, V]`` logits, any float dtype; computation is in fp32.
@@ -238,6 +255,10 @@ def temperature_loglik(
         reduction: ``"mean"`` (``[B, K]``, the mean over scored tokens), ``"sum"`` (``[B, K]``)
             or ``"none"`` (``[B, L, K]`` per token, 0 at unscored positions).
         chunk_size: scored tokens per chunk; default :func:`default_chunk_size` (2 MiB fp32).
+            The Triton implementation has no chunks and ignores it.
+        implementation: ``"auto"`` (default: Triton for CUDA/XPU tensors, torch otherwise),
+            ``"torch"`` or ``"triton"`` (CUDA/XPU tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``). Both give the same numbers to fp32 rounding.
 
     Returns:
         fp32 tensor on the device of ``logits``, detached. A row with no scored token gives 0
@@ -245,16 +266,23 @@ def temperature_loglik(
 
     Raises:
         ValueError: wrong ranks or shapes, bad temperatures, scored token ids outside
-            ``[0, V)``, or NaN/inf in the logits of a scored token.
+            ``[0, V)``, NaN/inf in the logits of a scored token, or a bad ``implementation``
+            (also ``"triton"`` for a CPU tensor outside Triton's interpreter).
+        ImportError: Triton is needed (``"triton"``, or ``"auto"`` on a GPU) but not installed.
     """
     check_sequence_logits(logits, tokens, mask)
     check_reduction(reduction)
     check_chunk_size(chunk_size)
     betas = inverse_temperatures(temperatures)
+    impl = resolve_implementation(implementation, logits.device)
     batch, length, vocab = logits.shape
     b, t = _scored_positions(mask)
     ids = tokens[b, t].long()
     check_tokens_in_vocab(ids, vocab)
+    if impl == "triton":
+        per_token = _triton_scored_logp(logits, b, t, ids, betas)
+        check_finite_rows(per_token, torch.stack([b, t], dim=1))
+        return _reduce(per_token, b, t, batch, length, reduction)
     size = chunk_size or default_chunk_size(vocab, ids.numel())
 
     work = _workspace(min(size, ids.numel()), vocab, logits.device)
@@ -278,6 +306,7 @@ def temperature_loglik_from_hidden(
     *,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    implementation: Implementation = "auto",
 ) -> Tensor:
     """:func:`temperature_loglik` of ``logits = hidden @ weight.T + bias``, never holding all logits.
 
@@ -295,6 +324,9 @@ def temperature_loglik_from_hidden(
         temperatures: ``K`` temperatures, finite and > 0.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in :func:`temperature_loglik`.
         chunk_size: scored rows per block; default :data:`TOKEN_CHUNK` (4096).
+        implementation: ``"auto"``, ``"torch"`` or ``"triton"``, as in
+            :func:`temperature_loglik`. With Triton each vocabulary tile is projected by cuBLAS
+            and folded by the kernel (see :func:`hidden_rows_loglik`).
 
     Returns:
         Same as :func:`temperature_loglik` on the projected logits.
@@ -302,19 +334,27 @@ def temperature_loglik_from_hidden(
     Raises:
         ValueError: as :func:`temperature_loglik`, plus mismatched ``hidden``/``weight``/``bias``
             shapes or dtypes.
+        ImportError: Triton is needed but not installed.
     """
     _check_head(hidden, weight, bias)
     check_tokens_mask(tokens, mask, shape(hidden)[:2], f"hidden {shape(hidden)}")
     check_reduction(reduction)
     check_chunk_size(chunk_size)
     inverse_temperatures(temperatures)  # validate before any work
+    resolve_implementation(implementation, hidden.device)
     batch, length, _ = hidden.shape
     vocab = weight.shape[0]
     b, t = _scored_positions(mask)
     ids = tokens[b, t].long()
     check_tokens_in_vocab(ids, vocab)
     per_token = hidden_rows_loglik(
-        hidden[b, t], weight, bias, ids, temperatures, token_chunk=chunk_size
+        hidden[b, t],
+        weight,
+        bias,
+        ids,
+        temperatures,
+        token_chunk=chunk_size,
+        implementation=implementation,
     )
     check_finite_rows(per_token, torch.stack([b, t], dim=1))
     return _reduce(per_token, b, t, batch, length, reduction)
@@ -325,6 +365,9 @@ TOKEN_CHUNK = 4096
 read once per block)."""
 TILE_BYTES = 8 * 2**20
 """Default size of one fp32 ``[rows, vocab tile]`` tile of :func:`hidden_rows_loglik`: 8 MiB."""
+TRITON_TILE_COLS = 32768
+"""Default vocabulary columns per tile of :func:`hidden_rows_loglik` with Triton: TRL's tile
+(4096 x 32768 in the projection's dtype), few enough launches for the GPU to stay busy."""
 
 
 @torch.no_grad()
@@ -340,6 +383,7 @@ def hidden_rows_loglik(
     compute_dtype: torch.dtype | None = None,
     token_chunk: int | None = None,
     vocab_chunk: int | None = None,
+    implementation: Implementation = "auto",
 ) -> Tensor:
     """Per-token ``log softmax(z / T_k)[o]`` for rows of hidden states, tiled over the vocabulary.
 
@@ -352,7 +396,8 @@ def hidden_rows_loglik(
         log p_k = beta_k (z_o - m) - log s_k
 
     so the LM head weight is read once per block of rows, as in TRL's fused LM head, instead of
-    once per small chunk of rows.
+    once per small chunk of rows. With Triton, each tile is projected by cuBLAS into one
+    reused buffer in the projection's dtype and folded by the kernel (one launch per tile).
 
     Args:
         hidden: ``[N, H]`` hidden states (float).
@@ -362,7 +407,10 @@ def hidden_rows_loglik(
         logit_scale, softcap: the model's logit transform (1 and None for a plain LM head).
         compute_dtype: dtype of the projection (default: that of ``hidden``); scores are fp32.
         token_chunk: rows per block (default :data:`TOKEN_CHUNK`).
-        vocab_chunk: vocabulary columns per tile (default: a tile of :data:`TILE_BYTES` fp32).
+        vocab_chunk: vocabulary columns per tile (default: a tile of :data:`TILE_BYTES` fp32;
+            with Triton :data:`TRITON_TILE_COLS`).
+        implementation: ``"auto"``, ``"torch"`` or ``"triton"``, as in
+            :func:`temperature_loglik`.
 
     Returns:
         ``[N, K]`` fp32, detached.
@@ -370,6 +418,19 @@ def hidden_rows_loglik(
     betas = inverse_temperatures(temperatures)
     n, vocab = hidden.shape[0], weight.shape[0]
     dtype = hidden.dtype if compute_dtype is None else compute_dtype
+    if resolve_implementation(implementation, hidden.device) == "triton":
+        return _triton_hidden_rows_logp(
+            hidden,
+            weight,
+            bias,
+            tokens,
+            betas,
+            logit_scale,
+            softcap,
+            dtype,
+            token_chunk,
+            vocab_chunk,
+        )
     out = torch.empty(n, len(betas), dtype=torch.float32, device=hidden.device)
     rows_per_block = min(token_chunk or TOKEN_CHUNK, max(n, 1))
     cols = vocab_chunk or max(1, TILE_BYTES // (4 * rows_per_block))
@@ -383,6 +444,97 @@ def hidden_rows_loglik(
             z = F.linear(h, w[v0:v1], None if b is None else b[v0:v1]).float()
             acc.fold(logit_transform_(z, logit_scale, softcap), v0)
         out[start : start + h.shape[0]] = acc.log_probs()
+    return out
+
+
+def _triton_scored_logp(
+    logits: Tensor, b: Tensor, t: Tensor, ids: Tensor, betas: Sequence[float]
+) -> Tensor:
+    """``[N, K]`` log-probs of the scored rows ``logits[b, t]``, read in place by one launch.
+
+    Row ``i`` starts at element ``b_i s_0 + t_i s_1`` of ``logits`` (strides ``s``): nothing is
+    gathered or copied, whatever the layout of ``logits``.
+    """
+    from metactl.integrations.torch._triton_fold import TritonFold
+
+    s0, s1, s2 = logits.stride()
+    state = TritonFold(ids, torch.tensor(betas, dtype=torch.float32, device=logits.device))
+    state.fold(
+        logits,
+        0,
+        logits.shape[-1],
+        row_offsets=b * s0 + t * s1,
+        aligned_offsets=s0 % 16 == 0 and s1 % 16 == 0,
+        col_stride=s2,
+    )
+    logp: Tensor = state.log_probs()
+    return logp
+
+
+def _triton_rows_logp(
+    rows: Tensor, ids: Tensor, betas: Sequence[float], scored: Tensor | None
+) -> Tensor:
+    """``[N, K]`` log-probs of every row of ``rows`` ``[N, V]`` whose ``scored`` flag is set.
+
+    Unscored rows are skipped by the kernel (their values are garbage, masked by the caller).
+    """
+    from metactl.integrations.torch._triton_fold import TritonFold
+
+    state = TritonFold(ids, torch.tensor(betas, dtype=torch.float32, device=rows.device))
+    state.fold(
+        rows,
+        0,
+        rows.shape[-1],
+        row_stride=rows.stride(0),
+        col_stride=rows.stride(1),
+        active=None if scored is None else scored.to(torch.int8),
+    )
+    logp: Tensor = state.log_probs()
+    return logp
+
+
+def _triton_hidden_rows_logp(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tokens: Tensor,
+    betas: Sequence[float],
+    logit_scale: float,
+    softcap: float | None,
+    dtype: torch.dtype,
+    token_chunk: int | None,
+    vocab_chunk: int | None,
+) -> Tensor:
+    """:func:`hidden_rows_loglik` with cuBLAS tiles folded by the Triton kernel.
+
+    As in TRL's fused LM head: a block of rows at a time, each ``[rows, cols]`` vocabulary tile
+    projected into one reused buffer in ``dtype`` (``addmm`` with the bias: the logits are
+    rounded once, as ``F.linear`` rounds them), then folded into the rows' state.
+    """
+    from metactl.integrations.torch._triton_fold import TritonFold
+
+    n, vocab = hidden.shape[0], weight.shape[0]
+    out = torch.empty(n, len(betas), dtype=torch.float32, device=hidden.device)
+    rows_per_block = min(token_chunk or TOKEN_CHUNK, max(n, 1))
+    cols = min(vocab_chunk or TRITON_TILE_COLS, vocab)
+    buf = torch.empty(rows_per_block * cols, dtype=dtype, device=hidden.device)
+    beta_row = torch.tensor(betas, dtype=torch.float32, device=hidden.device)
+    w = weight.to(dtype)
+    b = None if bias is None else bias.to(dtype)
+    for start in range(0, n, rows_per_block):
+        h = hidden[start : start + rows_per_block].to(dtype)
+        state = TritonFold(tokens[start : start + rows_per_block], beta_row)
+        for v0 in range(0, vocab, cols):
+            v1 = min(v0 + cols, vocab)
+            tile = buf[: h.shape[0] * (v1 - v0)].view(h.shape[0], v1 - v0)
+            if b is None:
+                torch.mm(h, w[v0:v1].t(), out=tile)
+            else:
+                torch.addmm(b[v0:v1], h, w[v0:v1].t(), out=tile)
+            state.fold(
+                tile, v0, v1 - v0, row_stride=v1 - v0, logit_scale=logit_scale, softcap=softcap
+            )
+        out[start : start + h.shape[0]] = state.log_probs()
     return out
 
 

@@ -14,6 +14,9 @@ generation boundary moves every later log-prob to the new temperature::
 the loss forwards TRL already makes: while it is armed, every logits tile that TRL's kernel
 projects for its own log-probs is also folded into K online log-softmaxes (:class:`TileFold`),
 so each tile of logits is computed once, and there is no extra model forward nor LM-head pass.
+On CUDA/XPU the fold is a Triton kernel launched right after TRL's own on the same tile (same
+stream); on CPU it is chunked torch code (``implementation="auto"``; ``"torch"`` or
+``"triton"`` force one, see :mod:`metactl.integrations.torch._dispatch`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,7 +32,15 @@ from trl.kernels import ChunkedLogProbFunction, chunked_logprob
 from trl.trainer.utils import add_fused_lm_head
 
 from metactl.integrations.torch import DEFAULT_CHUNK_BYTES
+from metactl.integrations.torch._dispatch import (
+    IMPLEMENTATIONS,
+    Implementation,
+    resolve_implementation,
+)
 from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax, logit_transform_
+
+if TYPE_CHECKING:
+    from metactl.integrations.torch._triton_fold import TritonFold
 
 UNSUPPORTED = "MetaGRPOTrainer supports trl>=1.16,<1.17"
 
@@ -75,19 +86,29 @@ def refit_fused_head(
         )
     del model.forward  # back to the class's forward, then let TRL patch it again
     add_fused_lm_head(
-        model, temperature=temperature, cast_lm_head_to_fp32=cast_lm_head_to_fp32, outputs=outputs
+        model,
+        temperature=temperature,  # type: ignore[arg-type]  # TRL only computes 1 / temperature
+        cast_lm_head_to_fp32=cast_lm_head_to_fp32,
+        outputs=outputs,
     )
 
 
-def check_kernel(device: torch.device) -> None:
+def check_kernel(device: torch.device, *, implementation: Implementation = "auto") -> None:
     """Probe TRL's chunked log-prob kernel on ``device`` before training relies on it.
 
     The kernel must read a :class:`RoundTemperature` at call time (two values are tried), and a
     :class:`TileFold` installed around it must see every tile and score the virtual
     temperatures exactly (checked against ``log_softmax`` over a few token and vocabulary tiles).
+    The fold runs as it will in training: on a GPU, TRL's Triton kernel and ours.
+
+    Args:
+        device: the device of the policy's LM head.
+        implementation: the :class:`TileFold` implementation to probe.
 
     Raises:
         RuntimeError: the installed TRL's kernel does not behave so (an unsupported version).
+        ImportError, ValueError: the fold's ``implementation`` cannot run on ``device`` (e.g.
+            Triton not installed on a GPU machine).
     """
     gen = torch.Generator().manual_seed(0)
     # halves: every logit is exact in any matmul precision (TF32 included)
@@ -99,9 +120,14 @@ def check_kernel(device: torch.device) -> None:
     try:
         for value in (0.5, 2.0):
             temp.value = value
-            fold = TileFold(virtual, torch.ones(6, dtype=torch.bool, device=device), vocab_size=7)
+            fold = TileFold(
+                virtual,
+                torch.ones(6, dtype=torch.bool, device=device),
+                vocab_size=7,
+                implementation=implementation,
+            )
             with fold.installed():
-                got = ChunkedLogProbFunction.apply(
+                got = ChunkedLogProbFunction.apply(  # type: ignore[no-untyped-call]
                     hidden, weight, None, targets, temp, 3, None, 1.0, ()
                 )[0]
             want = torch.log_softmax(logits / value, -1).gather(-1, targets[:, None])[:, 0]
@@ -131,25 +157,45 @@ class TileFold:
     TRL's kernel projects the hidden states a block of (at most 4096) rows at a time, sweeping
     the vocabulary in tiles, and folds each tile into its own online log-softmax through the
     module function ``_forward_tile`` (``_forward_kernel`` with Triton). While
-    :meth:`installed` is active both are wrapped so that the same tile is then folded, a few
-    rows at a time (a 2 MiB fp32 copy, in cache for all K passes), into an
-    :class:`~metactl.integrations.torch.loglik.OnlineTemperatureLogSoftmax` per block of rows.
-    Only the scored rows are folded.
+    :meth:`installed` is active both are wrapped so that the same tile is then folded into K
+    online log-softmaxes per block of rows. Only the scored rows are folded:
+
+    - ``"torch"``: a few rows at a time (a 2 MiB fp32 copy, in cache for all K passes), into an
+      :class:`~metactl.integrations.torch.loglik.OnlineTemperatureLogSoftmax`;
+    - ``"triton"``: by one launch of our kernel per tile, queued right after TRL's kernel on
+      the same stream, reading TRL's tile in place (a program per row; unscored rows return at
+      once), with no host synchronisation.
 
     Args:
         temperatures: the ``K`` virtual temperatures.
         scored: ``[N]`` bool over the rows the kernel will see: which of them to score.
         vocab_size: ``V``, for the check that every tile was seen.
+        implementation: ``"auto"`` (Triton for CUDA/XPU tensors, torch otherwise), ``"torch"``
+            or ``"triton"`` (CUDA/XPU, or CPU under ``TRITON_INTERPRET=1``).
+
+    Raises:
+        ValueError, ImportError: as ``resolve_implementation`` for the device of ``scored``.
     """
 
-    def __init__(self, temperatures: Sequence[float], scored: Tensor, vocab_size: int) -> None:
+    def __init__(
+        self,
+        temperatures: Sequence[float],
+        scored: Tensor,
+        vocab_size: int,
+        *,
+        implementation: Implementation = "auto",
+    ) -> None:
         self.betas = [1.0 / t for t in temperatures]
         self.scored = scored
         self.vocab_size = vocab_size
+        self.implementation = resolve_implementation(implementation, scored.device)
         self._blocks: list[_RowBlock] = []
         self._next_row = 0
         self._work = torch.empty(0, dtype=torch.float32, device=scored.device)
         self._raw = torch.empty(0, device=scored.device)
+        if self.implementation == "triton":  # made once: a copy to the GPU waits for it
+            self._beta_row = torch.tensor(self.betas, dtype=torch.float32, device=scored.device)
+            self._active = scored.to(torch.int8)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -183,6 +229,17 @@ class TileFold:
         **flags: Any,
     ) -> None:
         """Fold one ``[n, n_cols]`` tile (TRL's arguments to ``_forward_tile``, read only)."""
+        if self.implementation == "triton":
+            self._fold_triton(
+                tile,
+                tile_stride,
+                targets,
+                vocab_start,
+                n_cols,
+                logit_scale,
+                softcap if HAS_SOFTCAP else None,
+            )
+            return
         if vocab_start == 0:  # the kernel starts the next block of rows
             n = targets.shape[0]
             rows = torch.nonzero(self.scored[self._next_row : self._next_row + n])[:, 0]
@@ -192,6 +249,7 @@ class TileFold:
             )
         block = self._blocks[-1]
         rows, acc = block.rows, block.acc
+        assert isinstance(acc, OnlineTemperatureLogSoftmax)  # the torch path's blocks hold these
         if vocab_start != block.columns:
             raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
         block.columns += n_cols
@@ -210,6 +268,40 @@ class TileFold:
             logit_transform_(z, logit_scale, softcap if HAS_SOFTCAP else None)
             acc.fold(z, vocab_start, slice(start, start + sub.numel()))
 
+    def _fold_triton(
+        self,
+        tile: Tensor,
+        tile_stride: int,
+        targets: Tensor,
+        vocab_start: int,
+        n_cols: int,
+        logit_scale: float,
+        softcap: float | None,
+    ) -> None:
+        """The tile folded by the Triton kernel, for every row of the block flagged as scored."""
+        from metactl.integrations.torch._triton_fold import TritonFold
+
+        if vocab_start == 0:
+            n = targets.shape[0]
+            active = self._active[self._next_row : self._next_row + n]
+            self._next_row += n
+            self._blocks.append(_RowBlock(active, TritonFold(targets, self._beta_row)))
+        block = self._blocks[-1]
+        if vocab_start != block.columns:
+            raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
+        block.columns += n_cols
+        state = block.acc
+        assert isinstance(state, TritonFold)  # the Triton path's blocks hold these
+        state.fold(
+            tile,
+            vocab_start,
+            n_cols,
+            row_stride=tile_stride,
+            active=block.rows,
+            logit_scale=logit_scale,
+            softcap=softcap,
+        )
+
     def scores(self) -> Tensor:
         """``[S, K]`` fp32 log-probabilities of the scored rows, in row order.
 
@@ -225,15 +317,20 @@ class TileFold:
             )
         if not self._blocks:
             return torch.zeros(0, len(self.betas), device=self.scored.device)
-        return torch.cat([block.acc.log_probs() for block in self._blocks])
+        scores = torch.cat([block.acc.log_probs() for block in self._blocks])
+        # the Triton fold keeps a state for every row: drop the unscored ones
+        return scores[self.scored] if self.implementation == "triton" else scores
 
 
 @dataclass
 class _RowBlock:
-    """One of the kernel's blocks of rows: its scored rows, their scores, the columns seen."""
+    """One of the kernel's blocks of rows: which to score, their scores, the columns seen.
+
+    ``rows``: the indices of the scored rows (torch), or an int8 flag per row (Triton).
+    """
 
     rows: Tensor
-    acc: OnlineTemperatureLogSoftmax
+    acc: OnlineTemperatureLogSoftmax | TritonFold
     columns: int = 0
 
 
@@ -269,9 +366,22 @@ class VirtualScoreTap:
         loss = ...                                   # TRL's loss forward(s) of a micro-batch
         tap.temperatures = None
         per_token = tap.take(batch_size)             # [B, L - 1, K], 0 at unscored positions
+
+    Args:
+        model: the policy, after :func:`refit_fused_head`.
+        implementation: the :class:`TileFold` implementation (``"auto"``: Triton on CUDA/XPU,
+            torch otherwise); an attribute, read at each armed forward.
+
+    Raises:
+        ValueError: ``implementation`` is not ``"auto"``, ``"torch"`` or ``"triton"``.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, implementation: Implementation = "auto") -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        self.implementation: Implementation = implementation
         self.temperatures: Sequence[float] | None = None
         self._scores: list[Tensor] = []
         fused_forward = vars(model)["forward"]
@@ -283,13 +393,15 @@ class VirtualScoreTap:
             if labels is None:
                 labels = kwargs["labels"][:, 1:]
             # looked up per call, as TRL does: FSDP and PEFT may replace the head after patching
-            weight = model.get_output_embeddings().weight
+            weight = model.get_output_embeddings().weight  # type: ignore[operator]
             mask = labels.to(weight.device) != -100
             if chunked_logprob._use_triton(weight.device):  # TRL projects the labelled rows only
                 scored = torch.ones(int(mask.sum()), dtype=torch.bool, device=mask.device)
             else:  # TRL projects every row
                 scored = mask.reshape(-1)
-            fold = TileFold(self.temperatures, scored, weight.shape[0])
+            fold = TileFold(
+                self.temperatures, scored, weight.shape[0], implementation=self.implementation
+            )
             with fold.installed():
                 out = fused_forward(*args, **kwargs)
             per_token = mask.new_zeros(*mask.shape, len(fold.betas), dtype=torch.float32)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("trl")
 
+from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl.kernels import ChunkedLogProbFunction, chunked_logprob
+from trl.trainer.utils import add_fused_lm_head
 
-from metactl.integrations.trl._head import RoundTemperature, TileFold, check_kernel
+from metactl.integrations.trl._head import (
+    RoundTemperature,
+    TileFold,
+    VirtualScoreTap,
+    check_kernel,
+)
 from metactl.integrations.trl._round import preferred_temperatures
 
 
@@ -99,3 +111,121 @@ def test_kernel_probe_names_the_supported_trl_when_internals_change(monkeypatch)
     monkeypatch.delattr(chunked_logprob, "_forward_tile")  # as if TRL renamed it
     with pytest.raises(RuntimeError, match=r"supports trl>=1\.16,<1\.17"):
         check_kernel(torch.device("cpu"))
+
+
+# --- the Triton fold, run on CPU by Triton's interpreter ---------------------------------------
+# Triton must be imported under TRITON_INTERPRET=1 for its interpreter to work, and importing
+# TRL's GRPOConfig (conftest.py) imports Triton: these cases run in a fresh process started
+# with the variable set (as in tests/integrations/torch/test_torch_triton.py).
+
+
+def _in_interpreter() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.max, InterpretedFunction)
+
+
+IN_INTERPRETER = _in_interpreter()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="Triton is not installed (pip install triton)",
+)
+@pytest.mark.skipif(IN_INTERPRETER, reason="this process runs TestTritonTileFold itself")
+@pytest.mark.slow  # a fresh process: imports, then the interpreter (about 10 s of CPU)
+def test_triton_tile_fold_cases_in_a_fresh_interpreter_process() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest"]
+    cmd.append(f"{__file__}::TestTritonTileFold")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+class TestTritonTileFold:
+    """TRL's torch path makes the tiles; our Triton kernel folds them (interpreter only)."""
+
+    __test__ = IN_INTERPRETER
+
+    @pytest.fixture(autouse=True)
+    def small_blocks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from metactl.integrations.torch import _triton_fold
+
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(_triton_fold, "BLOCK_V", 2)  # two blocks per 4-column tile
+        monkeypatch.setattr(chunked_logprob, "TOKEN_CHUNK_SIZE", 8)  # three blocks of rows
+
+    @pytest.mark.parametrize(
+        ("dtype", "softcap", "scale"),
+        [(torch.float32, None, 1.0), (torch.float32, 5.0, 0.9), (torch.bfloat16, None, 1.3)],
+    )
+    def test_scores_trl_kernel_tiles_exactly(
+        self, dtype: torch.dtype, softcap: float | None, scale: float
+    ) -> None:
+        gen = torch.Generator().manual_seed(0)
+        n, hidden_size, vocab = 20, 8, 11
+        hidden = torch.randn(n, hidden_size, generator=gen).to(dtype)
+        weight = torch.randn(vocab, hidden_size, generator=gen).to(dtype)
+        bias = torch.randn(vocab, generator=gen).to(dtype)
+        targets = torch.randint(0, vocab, (n,), generator=gen)
+        scored = torch.rand(n, generator=gen) < 0.7
+        scored[8:16] = False  # a block of rows with nothing to score
+        temps = [0.05, 1.0, 1.7]
+        fold = TileFold(temps, scored, vocab_size=vocab, implementation="triton")
+        with fold.installed():
+            logp = ChunkedLogProbFunction.apply(
+                hidden, weight, bias, targets, 0.8, 4, softcap, scale, ()
+            )[0]
+        got = fold.scores()
+
+        z = (hidden @ weight.t() + bias).double() * scale
+        if softcap is not None:
+            z = softcap * torch.tanh(z / softcap)
+        tol = 1e-5 if dtype == torch.float32 else 1e-4
+        assert got.shape == (int(scored.sum()), 3) and got.dtype == torch.float32
+        torch.testing.assert_close(
+            got.double(), reference_logp(z, targets, temps)[scored], atol=tol, rtol=tol
+        )
+        want = reference_logp(z, targets, [0.8])[:, 0]
+        torch.testing.assert_close(logp.double(), want, atol=tol, rtol=tol)
+
+    def test_kernel_probe_runs_the_triton_fold(self) -> None:
+        check_kernel(torch.device("cpu"), implementation="triton")
+
+    def test_tap_scores_equal_the_torch_fold(self) -> None:
+        """The tap on a tiny model's fused forward: Triton and torch folds give the same scores."""
+        config = Qwen2Config(
+            vocab_size=37,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=32,
+        )
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config)
+        add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+        input_ids = torch.randint(0, 37, (2, 7))
+        labels = input_ids.clone()
+        labels[1, :3] = -100
+        scores = {}
+        for implementation in ("torch", "triton"):
+            tap = VirtualScoreTap(model, implementation=implementation)
+            tap.temperatures = [0.5, 1.0, 2.0]
+            with torch.no_grad():
+                model(input_ids=input_ids, labels=labels, fused_lm_head=True)
+            tap.temperatures = None  # the next tap wraps this one's forward
+            scores[implementation] = tap.take(2)
+        torch.testing.assert_close(scores["triton"], scores["torch"], atol=1e-5, rtol=1e-5)
+
+
+def test_tap_and_fold_refuse_a_bad_implementation() -> None:
+    with pytest.raises(ValueError, match=r"implementation must be one of .* got 'gpu'"):
+        VirtualScoreTap(torch.nn.Linear(1, 1), implementation="gpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        TileFold([1.0], torch.ones(1, dtype=torch.bool), 7, implementation="cuda")  # type: ignore[arg-type]
