@@ -26,6 +26,7 @@ interrupted folder without torch or TRL.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ SUMMARY_FILE = "summary.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 RUNS_DIR = "runs"
+
+#: Search bounds of each probe rollout's preferred temperature (``rollouts.jsonl``): a value
+#: at a bound means "at most/at least this", not a measurement.
+PREFERRED_BOUNDS = (0.05, 10.0)
 
 
 class RunFolderError(ValueError):
@@ -148,7 +153,16 @@ def check_out(out: Path, meta: dict[str, Any], *, resume: bool) -> dict[str, Any
     """
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out}: is a file, not a folder; choose another --out")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.exists():
+        ancestor = next(p for p in out.absolute().parents if p.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            problem = "is a file" if not ancestor.is_dir() else "is not writable"
+            raise RunFolderError(
+                f"--out {out}: cannot create the folder ({ancestor} {problem}); "
+                "choose a writable --out"
+            )
+        return meta
+    if not any(out.iterdir()):
         return meta
     if not resume:
         raise RunFolderError(

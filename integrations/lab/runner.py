@@ -32,6 +32,7 @@ import numpy as np
 from metactl.integrations.lab.config import CompareConfig
 from metactl.integrations.lab.rundir import (
     METRICS_FILE,
+    PREFERRED_BOUNDS,
     RESULT_FILE,
     ROLLOUTS_FILE,
     append_jsonl,
@@ -197,7 +198,7 @@ def probe_rollouts(
 
     rewards = torch.tensor(task.reward_func(prompts=prompts, completions=texts, **columns))
     adv = grpo_advantages(rewards, num_generations)
-    pref = preferred_temperature(logits, tokens, mask, bounds=(0.05, 10.0))
+    pref = preferred_temperature(logits, tokens, mask, bounds=PREFERRED_BOUNDS)
     keep = (adv.abs() > 1e-8) & torch.isfinite(pref)
     return {
         "temperature": temperature,
