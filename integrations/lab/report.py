@@ -298,7 +298,11 @@ def _plot_curves(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
             )
             color = line.get_color()
             # A band only where at least two seeds give an interval.
-            band = [(s, x[1], x[2]) for s, x in zip(steps, stats, strict=True) if x[1] is not None]
+            band = [
+                (s, low, high)
+                for s, (_, low, high) in zip(steps, stats, strict=True)
+                if low is not None and high is not None
+            ]
             if band:
                 ax.fill_between(
                     [b[0] for b in band],

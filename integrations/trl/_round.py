@@ -159,7 +159,7 @@ def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarra
         with np.errstate(divide="ignore", invalid="ignore"):
             vertex = np.where(a < 0, -b / (2 * a), x1)
         out[rows] = np.clip(vertex, x0, x2)
-    return 1.0 / out
+    return np.asarray(1.0 / out)
 
 
 def preferred_metrics(

@@ -762,3 +762,41 @@ def test_ucb_informative_fraction_in_config() -> None:
     assert [c.label() for c in cfg.controllers] == ["SW-UCB", "SW-UCB (informative)"]
     assert [c.trainer_outcome() for c in cfg.controllers] == ["mean_reward", "informative_fraction"]
     assert {c.trainer_outcome() for c in demo_config().controllers} == {"mean_reward"}
+
+
+@pytest.mark.slow
+def test_workers_give_the_results_of_runs_one_after_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs in two spawned worker processes equal the same two runs trained in turn."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from metactl.integrations.lab import runner
+
+    monkeypatch.setenv("METACTL_CACHE", str(tmp_path / "cache"))  # inherited by the workers
+    cfg = parse_config(
+        _cfg(
+            {"kind": "tampo"},
+            {"kind": "fixed", "temperature": 1.0},
+            steps=2,
+            seeds=1,
+            eval_every=2,
+            eval_size=16,
+            trainer={"prompts_per_step": 2, "num_generations": 2},
+            warm_start={"max_steps": 25},
+        )
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker: the same thread count, the same arithmetic
+    try:
+        runner.run_compare(cfg, tmp_path / "seq", progress=False, figure=False)
+    finally:
+        torch.set_num_threads(threads)
+    summary = runner.run_compare(cfg, tmp_path / "par", progress=False, figure=False, workers=2)
+    assert summary["complete"] is True and summary["finished_runs"] == 2
+    for folder in ("TAMPO", "T1"):
+        seq = json.loads((tmp_path / "seq" / "runs" / folder / "seed0" / "result.json").read_text())
+        par = json.loads((tmp_path / "par" / "runs" / folder / "seed0" / "result.json").read_text())
+        seq.pop("wall_time_s")
+        par.pop("wall_time_s")
+        assert par == seq
