@@ -243,9 +243,11 @@ class MetaGRPOTrainer(GRPOTrainer):
             rewards = (rewards_per_func * weights).nansum(dim=1)
             scorable = ~torch.isnan(rewards_per_func).all(dim=1)
             self._round.reward = rewards[scorable].mean().item() if bool(scorable.any()) else None
-            self._round.informative_fraction = informative_fraction(
-                torch.where(scorable, rewards, torch.nan), self.num_generations
-            )
+            group_size = self.num_generations  # typed Optional by TRL; always set to train
+            if group_size is not None:
+                self._round.informative_fraction = informative_fraction(
+                    torch.where(scorable, rewards, torch.nan), group_size
+                )
         return rewards_per_func
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
