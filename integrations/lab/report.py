@@ -27,6 +27,7 @@ from metactl.integrations.lab.rundir import (
     ROLLOUTS_FILE,
     SUMMARY_FILE,
     RunRef,
+    expected_runs,
     list_runs,
     read_jsonl,
     read_meta,
@@ -115,8 +116,8 @@ def collect(out: Path) -> dict[str, Any]:
             "wall_time_s": wall,
             "wall_time_mean_s": float(np.mean(wall)),
         }
-    with_config = bool(meta.get("labels"))
-    expected = len(runs) if with_config else meta.get("expected_runs")
+    # Counted from the config's labels x seeds when it names them (every run listed once).
+    expected = len(runs) if expected_runs(meta) else meta.get("expected_runs")
     n_done = sum(len(v) for v in finished.values())
     config = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
     return {
