@@ -800,3 +800,38 @@ def test_workers_give_the_results_of_runs_one_after_another(
         seq.pop("wall_time_s")
         par.pop("wall_time_s")
         assert par == seq
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--device", "cuda", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "--device cuda: torch sees no CUDA device")
+    assert not out.exists()
+
+
+def test_tensorboard_without_the_package_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    config = _config_file(tmp_path, *TWO_FIXED, trainer={"report_to": "tensorboard"})
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    _assert_one_line_error(capsys, "pip install tensorboard")
+    assert not out.exists()
+
+
+def test_grpo_config_on_cuda_is_bf16(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (transformers refuses bf16 without one)")
+    from metactl.integrations.lab.runner import grpo_config
+
+    args = grpo_config(demo_config(quick=True), tmp_path, 0, max_completion_length=5, device="cuda")
+    assert args.bf16 is True and args.use_cpu is False
