@@ -10,12 +10,13 @@ are checked when a command runs, and a missing one is reported in one line.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import metactl
 from metactl.errors import DependencyNotInstalled, require
@@ -32,8 +33,15 @@ def _default_out(kind: str) -> Path:
 
 
 def _command_line(argv: Sequence[str] | None) -> str:
+    """The command as typed, prefixed with ``cd <where it ran>`` so it works from anywhere."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join(["metactl", *args])
+    return f"cd {shlex.quote(os.getcwd())} && {shlex.join(['metactl', *args])}"
+
+
+def _fail(message: str) -> int:
+    """Print a one-line error (it names the fix) and return the bad-input exit status."""
+    print(f"metactl: {message}", file=sys.stderr)
+    return 2
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -60,7 +68,22 @@ def _run(
     import torch
     import transformers
 
-    from metactl.integrations.lab.runner import run_compare
+    from metactl.integrations.lab.rundir import RunFolderError, check_out
+    from metactl.integrations.lab.runner import resolve_device, run_compare
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if cfg.trainer.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        return _fail(
+            "trainer.report_to: tensorboard needs the tensorboard package "
+            "(pip install tensorboard), or set report_to: none"
+        )
+    try:  # before anything is printed or written
+        check_out(out, {"config": cfg.model_dump(mode="json")}, resume=args.resume)
+    except RunFolderError as exc:
+        return _fail(str(exc))
 
     figure = not args.no_plot
     if figure and importlib.util.find_spec("matplotlib") is None:
@@ -76,10 +99,11 @@ def _run(
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
     # The job's own progress bar is the only one (no "Loading weights" bars per run).
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     print(
         f"metactl: {len(cfg.controllers)} controllers x {len(cfg.seed_list())} seeds, "
-        f"{cfg.steps} GRPO steps each, task {cfg.task} (difficulty {cfg.difficulty}) -> {out}",
+        f"{cfg.steps} GRPO steps each, task {cfg.task} (difficulty {cfg.difficulty}), "
+        f"{device}, {args.workers} worker(s) -> {out}",
         flush=True,
     )
     try:
@@ -90,7 +114,11 @@ def _run(
             resume=args.resume,
             progress=not args.no_progress,
             figure=figure,
+            device=device,
+            workers=args.workers,
         )
+    except RunFolderError as exc:
+        return _fail(str(exc))
     except KeyboardInterrupt:
         print(f"\nmetactl: interrupted; finished runs and the report are in {out}", file=sys.stderr)
         return 130
@@ -98,12 +126,31 @@ def _run(
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
-    from metactl.integrations.lab.config import demo_config
+def _with_overrides(cfg: CompareConfig, args: argparse.Namespace) -> CompareConfig:
+    """``cfg`` with ``--seeds``/``--steps`` applied, validated again.
 
-    cfg = demo_config(quick=args.quick, seeds=args.seeds)
+    Raises:
+        ConfigError: the overridden config is invalid.
+    """
+    from metactl.integrations.lab.config import parse_config
+
+    updates: dict[str, Any] = {}
+    if args.seeds is not None:
+        updates["seeds"] = args.seeds
     if args.steps is not None:
-        cfg = cfg.model_copy(update={"steps": args.steps})
+        updates["steps"] = args.steps
+    if not updates:
+        return cfg
+    return parse_config({**cfg.model_dump(mode="json"), **updates})
+
+
+def _cmd_demo(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from metactl.integrations.lab.config import ConfigError, demo_config
+
+    try:
+        cfg = _with_overrides(demo_config(quick=args.quick), args)
+    except ConfigError as exc:
+        return _fail(str(exc))
     return _run(cfg, Path(args.out) if args.out else _default_out("demo"), args, argv)
 
 
@@ -111,17 +158,9 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from metactl.integrations.lab.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config)
+        cfg = _with_overrides(load_config(args.config), args)
     except ConfigError as exc:
-        print(f"metactl: {exc}", file=sys.stderr)
-        return 2
-    updates: dict[str, Any] = {}
-    if args.seeds is not None:
-        updates["seeds"] = args.seeds
-    if args.steps is not None:
-        updates["steps"] = args.steps
-    if updates:
-        cfg = cfg.model_copy(update=updates)
+        return _fail(str(exc))
     return _run(cfg, Path(args.out) if args.out else _default_out("compare"), args, argv)
 
 
@@ -129,11 +168,14 @@ def _cmd_plot(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     import importlib.util
 
     from metactl.integrations.lab.report import write_report
+    from metactl.integrations.lab.rundir import CONFIG_FILE, RUNS_DIR
 
     out = Path(args.run_dir)
-    if not (out / "runs").is_dir():
-        print(f"metactl: {out} is not a metactl run folder (no runs/ inside)", file=sys.stderr)
-        return 2
+    if not (out / RUNS_DIR).is_dir() and not (out / CONFIG_FILE).is_file():
+        return _fail(
+            f"plot: {out} is not a metactl run folder (no {RUNS_DIR}/ or {CONFIG_FILE} inside); "
+            "pass the --out folder of a demo or compare run"
+        )
     summary = write_report(out, figure=importlib.util.find_spec("matplotlib") is not None)
     _print_summary(summary, out)
     return 0
@@ -149,9 +191,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line that says where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``metactl`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="metactl",
         description="Adaptive temperature for RL training: demos, comparisons and reports.",
     )
@@ -164,11 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--steps", type=_positive_int, help="GRPO steps per run (overrides the config)"
         )
-        p.add_argument("--resume", action="store_true", help="keep finished runs already in --out")
         p.add_argument(
-            "--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)"
+            "--resume",
+            action="store_true",
+            help="continue the experiment in --out (same config): keep its finished runs",
         )
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--device",
+            choices=("auto", "cpu", "cuda"),
+            default="auto",
+            help="where runs train: cuda (bf16) when available with auto (default), "
+            "else cpu (float32)",
+        )
+        p.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=1,
+            help="runs trained at once, each in its own process with one torch thread "
+            "(default 1; up to the CPU cores)",
+        )
+        p.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=1,
+            help="torch CPU threads of the main process (default 1)",
+        )
+        p.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="no progress bar (there is none when output is not a terminal)",
+        )
         p.add_argument("--no-plot", action="store_true", help="skip report.png")
 
     demo = sub.add_parser(

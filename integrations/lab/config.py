@@ -39,6 +39,7 @@ from metactl.controllers import (
     SlidingWindowUCB,
 )
 from metactl.errors import require
+from metactl.integrations.lab.rundir import folder_names
 from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES
 from metactl.integrations.lab.testbed.warmstart import WarmStartConfig
 from metactl.spaces import Box, Discrete
@@ -46,6 +47,9 @@ from metactl.spaces import Box, Discrete
 require("pydantic", "lab")
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator  # noqa: E402
+
+Outcome = Literal["mean_reward", "informative_fraction"]
+"""The reward of a bandit controller's Outcome feedback (``MetaGRPOTrainer(outcome=...)``)."""
 
 Temperature = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 """A sampling temperature: finite and > 0."""
@@ -66,6 +70,10 @@ class _Spec(BaseModel):
     def label(self) -> str:
         """The name shown in reports: ``name`` if given, else a readable default."""
         return self.name if self.name else self.default_name()
+
+    def trainer_outcome(self) -> Outcome:
+        """What ``MetaGRPOTrainer(outcome=...)`` gives this controller as its Outcome reward."""
+        return "mean_reward"
 
     def build(self, *, seed: int, steps: int, vocab_size: int) -> Controller:
         """Construct the controller.
@@ -148,16 +156,25 @@ class MetaGradientSpec(_Spec):
 
 
 class SlidingWindowUCBSpec(_Spec):
-    """``mc.SlidingWindowUCB`` learning from each round's mean reward (Agent57's meta-controller)."""
+    """``mc.SlidingWindowUCB`` (Agent57's meta-controller) learning from each round's Outcome.
+
+    ``outcome`` picks that reward: ``mean_reward`` (the round's mean reward) or
+    ``informative_fraction`` (the fraction of prompt groups whose rewards differ, i.e. that
+    have a nonzero GRPO advantage).
+    """
 
     kind: Literal["sliding_window_ucb"]
     temperatures: list[Temperature] | None = Field(default=None, min_length=2)
     window: int = Field(default=160, ge=1)
     epsilon: float = Field(default=0.5, ge=0, le=1)
     bonus: float = Field(default=1.0, ge=0)
+    outcome: Outcome = "mean_reward"
 
     def default_name(self) -> str:
-        return "SW-UCB"
+        return "SW-UCB" if self.outcome == "mean_reward" else "SW-UCB (informative)"
+
+    def trainer_outcome(self) -> Outcome:
+        return self.outcome
 
     def build(self, *, seed: int, steps: int, vocab_size: int) -> Controller:
         return SlidingWindowUCB(
@@ -259,6 +276,10 @@ class TrainerSettings(BaseModel):
     prompts_per_step: int = Field(default=16, ge=1)
     num_generations: int = Field(default=8, ge=2)
     beta: float = Field(default=0.0, ge=0)
+    report_to: Literal["none", "tensorboard"] = Field(
+        default="none",
+        description="TRL's report_to per run; tensorboard logs under the run's tensorboard/.",
+    )
 
 
 class WarmStartSettings(BaseModel):
@@ -266,7 +287,7 @@ class WarmStartSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: Literal["tiny", "small"] = WarmStartConfig.size  # type: ignore[assignment]
+    size: Literal["tiny", "small", "medium"] = WarmStartConfig.size  # type: ignore[assignment]
     seed: int = Field(default=WarmStartConfig.seed, ge=0)
     target_accuracy: float = Field(default=WarmStartConfig.target_accuracy, gt=0, le=1)
     max_steps: int = Field(default=WarmStartConfig.max_steps, ge=1)
@@ -318,6 +339,7 @@ class CompareConfig(BaseModel):
             raise ValueError(
                 f"controllers: labels must be distinct (set `name:`), repeated: {dupes}"
             )
+        folder_names(labels)  # each label its own run folder (raises naming the clash)
         return self
 
     def warm_start_config(self) -> WarmStartConfig:
@@ -358,7 +380,8 @@ def _format_errors(err: ValidationError) -> str:
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         lines.append(f"{where}: {e['msg']}{shown}")
-    return "invalid compare config:\n  " + "\n  ".join(lines)
+    # One line, so that the command's error is one line too.
+    return "invalid compare config: " + "; ".join(lines)
 
 
 def parse_config(data: Any) -> CompareConfig:

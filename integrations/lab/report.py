@@ -1,7 +1,10 @@
 """Summaries, tables and figures of a ``metactl compare``/``demo`` output folder.
 
 Reads only the files the runs wrote (the format of :mod:`metactl.integrations.lab.rundir`),
-so it works on a finished or an interrupted run, and needs neither torch nor TRL.
+so it works on a finished or an interrupted run, and needs neither torch nor TRL. Which runs
+finished, which are unfinished and which are missing is decided once, by
+:func:`metactl.integrations.lab.rundir.list_runs`; the summary, the table and the figure all
+use that answer.
 
 :func:`write_report` writes ``summary.json``, ``report.md`` and (with matplotlib)
 ``report.png`` into ``OUT``.
@@ -18,61 +21,82 @@ import numpy as np
 
 from metactl.integrations.lab.rundir import (
     METRICS_FILE,
+    PREFERRED_BOUNDS,
     REPORT_MD,
     REPORT_PNG,
     ROLLOUTS_FILE,
     SUMMARY_FILE,
-    label_for_dir,
+    RunRef,
+    expected_runs,
+    list_runs,
     read_jsonl,
     read_meta,
-    read_result,
-    run_dirs,
 )
+from metactl.spaces import Box
 
 
-def mean_ci95(values: list[float]) -> tuple[float, float, float]:
+def mean_ci95(values: list[float]) -> tuple[float, float | None, float | None]:
     """Mean and two-sided 95% Student-t confidence interval ``(mean, low, high)``.
 
-    With one value the interval is the value itself (no spread can be estimated).
+    With one value there is no interval (no spread can be estimated): ``low`` and ``high`` are
+    None. With none, the mean is NaN.
     """
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
-        return (math.nan, math.nan, math.nan)
+        return (math.nan, None, None)
     m = float(arr.mean())
     if arr.size == 1:
-        return (m, m, m)
+        return (m, None, None)
     from scipy import stats
 
     half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
     return (m, m - half, m + half)
 
 
-def _label_order(out: Path) -> list[str]:
+def _interval(low: float | None, high: float | None) -> list[float] | None:
+    return None if low is None or high is None else [low, high]
+
+
+def _label_order(out: Path, runs: list[RunRef]) -> list[str]:
     labels = read_meta(out).get("labels")
-    return [str(x) for x in labels] if isinstance(labels, list) else []
+    order = [str(x) for x in labels] if isinstance(labels, list) else []
+    for run in runs:
+        if run.label not in order:
+            order.append(run.label)
+    return order
+
+
+def _last_step(run: RunRef) -> int:
+    recs = read_jsonl(run.path / METRICS_FILE)
+    return max((int(r.get("step", 0)) for r in recs), default=0)
 
 
 def collect(out: Path) -> dict[str, Any]:
     """Gather every run's result and curve in ``out`` into the summary dict.
 
-    Finished runs (with ``result.json``) enter the statistics; unfinished ones are
-    listed under ``"incomplete"`` with the last step they logged.
+    Finished runs (with ``result.json``) enter the statistics; unfinished ones (a folder
+    without it) are listed under ``"incomplete"`` with the last step they logged, and runs the
+    config expects but that never started under ``"missing"``. A single seed has no confidence
+    interval: its ``*_ci95`` is None.
     """
     meta = read_meta(out)
+    runs = list_runs(out)
+    order = _label_order(out, runs)
     finished: dict[str, list[dict[str, Any]]] = {}
+    runs_per_label: dict[str, int] = {}
     incomplete: list[dict[str, Any]] = []
-    for rd in run_dirs(out):
-        res = read_result(rd)
-        if res is not None:
-            finished.setdefault(str(res["controller"]), []).append(res)
-            continue
-        recs = read_jsonl(rd / METRICS_FILE)
-        last = max((int(r.get("step", 0)) for r in recs), default=0)
-        incomplete.append({"run": str(rd.relative_to(out)), "last_step": last})
-    order = _label_order(out)
-    labels = [x for x in order if x in finished] + sorted(x for x in finished if x not in order)
+    missing: list[dict[str, Any]] = []
+    for run in runs:
+        runs_per_label[run.label] = runs_per_label.get(run.label, 0) + 1
+        where = {"run": run.path.relative_to(out).as_posix(), "label": run.label, "seed": run.seed}
+        if run.result is not None:
+            finished.setdefault(run.label, []).append(run.result)
+        elif run.status == "unfinished":
+            incomplete.append({**where, "last_step": _last_step(run)})
+        else:
+            missing.append(where)
     controllers: dict[str, Any] = {}
-    for label in labels:
+    for label in (x for x in order if x in finished):
         rs = sorted(finished[label], key=lambda r: int(r["seed"]))
         final = [float(r["final_accuracy"]) for r in rs]
         auc = [float(r["auc"]) for r in rs]
@@ -85,47 +109,66 @@ def collect(out: Path) -> dict[str, Any]:
             "initial_accuracy": [float(r["initial_accuracy"]) for r in rs],
             "final_accuracy": final,
             "final_accuracy_mean": fm,
-            "final_accuracy_ci95": [flo, fhi],
+            "final_accuracy_ci95": _interval(flo, fhi),
             "auc": auc,
             "auc_mean": am,
-            "auc_ci95": [alo, ahi],
+            "auc_ci95": _interval(alo, ahi),
             "wall_time_s": wall,
             "wall_time_mean_s": float(np.mean(wall)),
         }
-    expected = meta.get("expected_runs")
+    # Counted from the config's labels x seeds when it names them (every run listed once).
+    expected = len(runs) if expected_runs(meta) else meta.get("expected_runs")
     n_done = sum(len(v) for v in finished.values())
+    config = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
     return {
-        "task": meta.get("config", {}).get("task"),
-        "difficulty": meta.get("config", {}).get("difficulty"),
-        "steps": meta.get("config", {}).get("steps"),
+        "task": config.get("task"),
+        "difficulty": config.get("difficulty"),
+        "steps": config.get("steps"),
         "command": meta.get("command"),
         "versions": meta.get("versions", {}),
         "complete": bool(expected is not None and n_done == expected and not incomplete),
         "finished_runs": n_done,
         "expected_runs": expected,
+        "labels": order,
+        "runs_per_label": runs_per_label,
         "incomplete": incomplete,
+        "missing": missing,
         "controllers": controllers,
     }
 
 
-def _fmt_ci(m: float, ci: list[float], scale: float = 100.0) -> str:
+def _fmt_ci(m: float, ci: list[float] | None, scale: float = 100.0) -> str:
     if math.isnan(m):
         return "n/a"
-    if ci[0] == ci[1]:
+    if ci is None:
         return f"{m * scale:.1f}"
     return f"{m * scale:.1f} [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]"
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table (accuracies in percent)."""
+    """The summary as a Markdown table (accuracies in percent), one row per expected controller.
+
+    The seeds column says how many runs finished, ``k of n`` when some did not; a controller
+    with no finished run has a row of ``n/a``. A single seed shows a mean without an interval.
+    """
     rows = [
         "| controller | seeds | start acc % | final acc % (mean [95% CI]) | AUC % (mean [95% CI]) | wall s / run |",
         "|---|---|---|---|---|---|",
     ]
-    for label, c in summary["controllers"].items():
+    labels = list(summary.get("labels") or summary["controllers"])
+    labels += [x for x in summary["controllers"] if x not in labels]
+    per_label = summary.get("runs_per_label") or {}
+    for label in labels:
+        c = summary["controllers"].get(label)
+        done = len(c["seeds"]) if c else 0
+        of = per_label.get(label)
+        seeds = f"{done}" if of is None or of == done else f"{done} of {of}"
+        if c is None:
+            rows.append(f"| {label} | {seeds} | n/a | n/a | n/a | n/a |")
+            continue
         start = float(np.mean(c["initial_accuracy"])) * 100
         rows.append(
-            f"| {label} | {len(c['seeds'])} | {start:.1f} | "
+            f"| {label} | {seeds} | {start:.1f} | "
             f"{_fmt_ci(c['final_accuracy_mean'], c['final_accuracy_ci95'])} | "
             f"{_fmt_ci(c['auc_mean'], c['auc_ci95'])} | {c['wall_time_mean_s']:.0f} |"
         )
@@ -140,7 +183,7 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         "",
         "Held-out greedy accuracy after training (final) and the area under the held-out "
         "accuracy curve (AUC, mean accuracy over training), mean over seeds with a 95% "
-        "Student-t confidence interval.",
+        "Student-t confidence interval (none with a single seed).",
         "",
         summary_table(summary),
         "",
@@ -153,6 +196,8 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         ]
         for inc in summary["incomplete"]:
             lines.append(f"- unfinished: `{inc['run']}` (last logged step {inc['last_step']})")
+        for miss in summary.get("missing", []):
+            lines.append(f"- not started: `{miss['run']}`")
         lines.append("")
     if figure:
         lines += [f"![report]({REPORT_PNG})", ""]
@@ -162,64 +207,228 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _curves(out: Path) -> dict[str, list[list[tuple[int, float]]]]:
-    """Held-out accuracy curves per controller label (finished and unfinished runs)."""
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for rd in run_dirs(out):
-        res = read_result(rd)
-        if res is not None:
-            curves.setdefault(str(res["controller"]), []).append(
-                [(int(s), float(a)) for s, a in res["curve"]]
-            )
-            continue
-        recs = [r for r in read_jsonl(rd / METRICS_FILE) if "eval/accuracy" in r]
-        label = label_for_dir(out, rd)
-        if recs:
-            curves.setdefault(label, []).append(
-                [(int(r["step"]), float(r["eval/accuracy"])) for r in recs]
-            )
-    return curves
+Curve = list[tuple[int, float]]
 
 
-def _meta_policy(
-    out: Path, label: str
-) -> tuple[list[float], list[float], np.ndarray[Any, np.dtype[np.float64]], list[int]] | None:
-    """(arm values, sampled temperature per step, probs[steps, K], steps) of one run of ``label``."""
-    for rd in run_dirs(out):
-        if label_for_dir(out, rd) != label:
-            continue
-        recs = read_jsonl(rd / METRICS_FILE)
-        arms = sorted(
-            {k[len("meta/prob/") :] for r in recs for k in r if k.startswith("meta/prob/")},
-            key=float,
-        )
-        if not arms:
-            continue
-        steps: list[int] = []
-        rows: list[list[float]] = []
-        temps: list[float] = []
-        for r in recs:
-            if f"meta/prob/{arms[0]}" in r:
-                steps.append(int(r["step"]))
-                rows.append([float(r.get(f"meta/prob/{a}") or 0.0) for a in arms])
-                temps.append(float(r.get("meta/temperature") or math.nan))
-        return [float(a) for a in arms], temps, np.asarray(rows, dtype=np.float64), steps
+def _curve(run: RunRef) -> Curve:
+    if run.result is not None:
+        return [(int(s), float(a)) for s, a in run.result["curve"]]
+    recs = [r for r in read_jsonl(run.path / METRICS_FILE) if "eval/accuracy" in r]
+    return [(int(r["step"]), float(r["eval/accuracy"])) for r in recs]
+
+
+def _box_of(out: Path, label: str) -> Box | None:
+    """The Box a continuous controller's config entry describes (to draw sigma in temperature)."""
+    meta = read_meta(out)
+    labels = meta.get("labels")
+    specs = (
+        meta.get("config", {}).get("controllers") if isinstance(meta.get("config"), dict) else None
+    )
+    if not isinstance(labels, list) or not isinstance(specs, list) or label not in labels:
+        return None
+    spec = specs[labels.index(label)]
+    if not isinstance(spec, dict) or spec.get("space") != "box":
+        return None
+    try:
+        return Box(float(spec["low"]), float(spec["high"]), log=True)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _meta_policy(run: RunRef) -> dict[str, Any] | None:
+    """What one run logged of its meta-policy: Discrete probabilities or a Box's mean and sigma."""
+    recs = read_jsonl(run.path / METRICS_FILE)
+    arms = sorted(
+        {k[len("meta/prob/") :] for r in recs for k in r if k.startswith("meta/prob/")}, key=float
+    )
+    if arms:
+        rows = [r for r in recs if f"meta/prob/{arms[0]}" in r]
+        return {
+            "kind": "discrete",
+            "arms": [float(a) for a in arms],
+            "steps": [int(r["step"]) for r in rows],
+            "probs": np.asarray(
+                [[float(r.get(f"meta/prob/{a}") or 0.0) for a in arms] for r in rows],
+                dtype=np.float64,
+            ),
+            "temps": [float(r.get("meta/temperature") or math.nan) for r in rows],
+        }
+    rows = [r for r in recs if r.get("meta/mean") is not None and r.get("meta/sigma") is not None]
+    if rows:
+        return {
+            "kind": "box",
+            "steps": [int(r["step"]) for r in rows],
+            "mean": np.asarray([float(r["meta/mean"]) for r in rows]),
+            "sigma": np.asarray([float(r["meta/sigma"]) for r in rows]),
+            "temps": [float(r.get("meta/temperature") or math.nan) for r in rows],
+        }
     return None
 
 
-def _preferred(out: Path) -> tuple[list[float], list[float]]:
-    """Preferred temperatures of positive and negative advantage probe rollouts (all runs)."""
-    pos: list[float] = []
-    neg: list[float] = []
-    for rd in run_dirs(out):
-        for r in read_jsonl(rd / ROLLOUTS_FILE):
+def _preferred(runs: list[RunRef]) -> dict[str, Any]:
+    """Preferred temperatures of positive/negative advantage probe rollouts, bound hits apart."""
+    lo, hi = PREFERRED_BOUNDS
+    out: dict[str, Any] = {"positive": [], "negative": [], "at_low": 0, "at_high": 0}
+    for run in runs:
+        for r in read_jsonl(run.path / ROLLOUTS_FILE):
             for a, p in zip(r.get("advantage", []), r.get("preferred", []), strict=False):
-                (pos if a > 0 else neg).append(float(p))
-    return pos, neg
+                p = float(p)
+                if p <= lo * (1 + 1e-3):
+                    out["at_low"] += 1
+                elif p >= hi * (1 - 1e-3):
+                    out["at_high"] += 1
+                else:
+                    out["positive" if a > 0 else "negative"].append(p)
+    return out
+
+
+def _plot_curves(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
+    per_label = summary.get("runs_per_label") or {}
+    for label in summary["labels"]:
+        mine = [r for r in runs if r.label == label]
+        done = [_curve(r) for r in mine if r.status == "finished"]
+        color = None
+        if done:
+            steps = sorted({s for run in done for s, _ in run})
+            stats = [mean_ci95([a for run in done for s2, a in run if s2 == s]) for s in steps]
+            m = np.array([x[0] for x in stats])
+            of = per_label.get(label, len(done))
+            n = f"n={len(done)}" if of == len(done) else f"n={len(done)} of {of}"
+            (line,) = ax.plot(
+                steps, m * 100, label=f"{label} ({n})", lw=2 if "TAMPO" in label else 1.3
+            )
+            color = line.get_color()
+            # A band only where at least two seeds give an interval.
+            band = [
+                (s, low, high)
+                for s, (_, low, high) in zip(steps, stats, strict=True)
+                if low is not None and high is not None
+            ]
+            if band:
+                ax.fill_between(
+                    [b[0] for b in band],
+                    [b[1] * 100 for b in band],
+                    [b[2] * 100 for b in band],
+                    color=color,
+                    alpha=0.15,
+                )
+        for run in mine:
+            curve = _curve(run) if run.status == "unfinished" else []
+            if curve:
+                (line,) = ax.plot(
+                    [s for s, _ in curve],
+                    [a * 100 for _, a in curve],
+                    ls="--",
+                    lw=1,
+                    color=color,
+                    label=f"{label} seed {run.seed} (unfinished)",
+                )
+                color = line.get_color()
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_title("Learning curves (mean; 95% CI band where 2+ seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_meta_policy(
+    fig: Any, ax: Any, out: Path, summary: dict[str, Any], runs: list[RunRef]
+) -> None:
+    order = sorted(summary["labels"], key=lambda lab: "tampo" not in lab.lower())  # TAMPO first
+    found = None
+    for label in order:
+        candidates = [r for r in runs if r.label == label and r.status != "missing"]
+        candidates.sort(key=lambda r: (r.status != "finished", r.seed))
+        for run in candidates:
+            policy = _meta_policy(run)
+            if policy is not None:
+                found = (run, policy)
+                break
+        if found:
+            break
+    if found is None:
+        ax.text(0.5, 0.5, "no meta-policy logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    run, mp = found
+    which = f"seed {run.seed}" + (", unfinished" if run.status != "finished" else "")
+    steps = mp["steps"]
+    if mp["kind"] == "discrete":
+        arms = mp["arms"]
+        k = len(arms)
+        image = ax.imshow(
+            mp["probs"].T,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, k - 0.5),
+            vmin=0.0,
+        )
+        fig.colorbar(image, ax=ax, label="probability of the arm")
+        idx = [
+            float(np.interp(t, arms, np.arange(k))) if math.isfinite(t) else math.nan
+            for t in mp["temps"]
+        ]
+        ax.plot(steps, idx, "w.", ms=3, label="sampled temperature")
+        ax.set_yticks(range(k))
+        ax.set_yticklabels([f"{a:g}" for a in arms])
+        ax.set_ylabel("temperature arm")
+    else:
+        mean, sigma = mp["mean"], mp["sigma"]
+        (line,) = ax.plot(steps, mean, lw=1.5, label="policy median")
+        box = _box_of(out, run.label)
+        if box is not None:
+            u = box.to_unconstrained(mean)
+            ax.fill_between(
+                steps,
+                box.from_unconstrained(u - sigma),
+                box.from_unconstrained(u + sigma),
+                color=line.get_color(),
+                alpha=0.2,
+                label="±1 sigma (in the unconstrained coordinate)",
+            )
+        ax.plot(steps, mp["temps"], "k.", ms=3, label="sampled temperature")
+        ax.set_ylabel("temperature")
+    ax.set_xlabel("GRPO step")
+    ax.set_title(f"{run.label} meta-policy ({which})")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _plot_preferred(ax: Any, runs: list[RunRef]) -> None:
+    pref = _preferred(runs)
+    lo, hi = PREFERRED_BOUNDS
+    at_bounds = (
+        f"{pref['at_low']} at T*={lo:g}, {pref['at_high']} at T*={hi:g} (search bounds, not drawn)"
+    )
+    if pref["positive"] or pref["negative"]:
+        bins = np.geomspace(lo, hi, 41)
+        for name in ("negative", "positive"):
+            data = pref[name]
+            if data:
+                ax.hist(
+                    data,
+                    bins=bins,
+                    alpha=0.55,
+                    weights=np.full(len(data), 1.0 / len(data)),
+                    label=f"{name} advantage (n={len(data)})",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("preferred temperature T* = argmax_T loglik_T")
+        ax.set_ylabel("fraction of rollouts (inside the bounds)")
+        ax.legend(fontsize=8, title=at_bounds, title_fontsize=7)
+    elif pref["at_low"] or pref["at_high"]:
+        ax.text(0.5, 0.5, at_bounds, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_title("Preferred temperature of probe rollouts (paper Fig. 4)")
 
 
 def plot_report(out: Path, summary: dict[str, Any]) -> Path:
-    """Write ``report.png``: accuracy curves with 95% bands, TAMPO's meta-policy, Figure 4.
+    """Write ``report.png``: accuracy curves, the meta-policy, and the paper's Figure 4.
+
+    Learning curves are the mean over finished seeds with a 95% band where two or more seeds
+    exist; unfinished runs are dashed and labelled. The meta-policy is the first TAMPO run's
+    (else the first run that logged one): a heatmap with a colour bar for a Discrete policy,
+    the median with a one-sigma band for a continuous (Box) one. Preferred temperatures at the
+    search bounds are counted in the legend rather than drawn.
 
     Raises:
         metactl.DependencyNotInstalled: matplotlib is missing (``pip install "metactl[lab]"``).
@@ -233,83 +442,11 @@ def plot_report(out: Path, summary: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    ax = axes[0]
-    curves = _curves(out)
-    order = list(summary["controllers"]) + [k for k in curves if k not in summary["controllers"]]
-    for label in order:
-        runs = curves.get(label, [])
-        if not runs:
-            continue
-        steps = sorted({s for run in runs for s, _ in run})
-        per_step = [[a for run in runs for s2, a in run if s2 == s] for s in steps]
-        stats = [mean_ci95(v) for v in per_step]
-        m = np.array([x[0] for x in stats])
-        lo = np.array([x[1] for x in stats])
-        hi = np.array([x[2] for x in stats])
-        (line,) = ax.plot(
-            steps, m * 100, label=f"{label} (n={len(runs)})", lw=2 if "TAMPO" in label else 1.3
-        )
-        ax.fill_between(steps, lo * 100, hi * 100, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title("Learning curves (mean, 95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-    ax = axes[1]
-    tampo = next((lab for lab in order if "tampo" in lab.lower()), None)
-    mp = _meta_policy(out, tampo) if tampo else None
-    if mp is None:  # no TAMPO run: show the first controller that logged a meta-policy
-        for lab in order:
-            mp = _meta_policy(out, lab)
-            if mp is not None:
-                tampo = lab
-                break
-    if mp is not None:
-        arms, temps, probs, steps_mp = mp
-        k = len(arms)
-        ax.imshow(
-            probs.T,
-            aspect="auto",
-            origin="lower",
-            cmap="viridis",
-            extent=(steps_mp[0] - 0.5, steps_mp[-1] + 0.5, -0.5, k - 0.5),
-            vmin=0.0,
-        )
-        idx = [
-            float(np.interp(t, arms, np.arange(k))) if math.isfinite(t) else math.nan for t in temps
-        ]
-        ax.plot(steps_mp, idx, "w.", ms=3, label="sampled temperature")
-        ax.set_yticks(range(k))
-        ax.set_yticklabels([f"{a:g}" for a in arms])
-        ax.set_ylabel("temperature arm")
-        ax.set_xlabel("GRPO step")
-        ax.set_title(f"{tampo} meta-policy (first seed)")
-        ax.legend(fontsize=8, loc="upper right")
-    else:
-        ax.text(0.5, 0.5, "no meta-policy logged", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-
-    ax = axes[2]
-    pos, neg = _preferred(out)
-    if pos or neg:
-        bins = np.geomspace(0.05, 10.0, 41)
-        for data, name in ((neg, "negative"), (pos, "positive")):
-            if data:
-                ax.hist(
-                    data,
-                    bins=bins,
-                    alpha=0.55,
-                    weights=np.full(len(data), 1.0 / len(data)),
-                    label=f"{name} advantage (n={len(data)})",
-                )
-        ax.set_xscale("log")
-        ax.set_yscale("log")  # rollouts of argmax tokens pile up at the lower bound
-        ax.set_xlabel("preferred temperature T* = argmax_T loglik_T")
-        ax.set_ylabel("fraction of rollouts")
-        ax.legend(fontsize=8)
-    ax.set_title("Preferred temperature of probe rollouts (paper Fig. 4)")
+    runs = list_runs(out)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    _plot_curves(axes[0], summary, runs)
+    _plot_meta_policy(fig, axes[1], out, summary, runs)
+    _plot_preferred(axes[2], [r for r in runs if r.status != "missing"])
     fig.tight_layout()
     path = out / REPORT_PNG
     fig.savefig(path, dpi=110)

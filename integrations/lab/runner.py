@@ -13,35 +13,104 @@ start, on the same task and held-out set. Each run writes, in its folder (the fo
 - ``result.json``: written last, only when the run finished.
 
 A run without ``result.json`` was interrupted; :func:`run_compare` reruns it when
-``resume=True`` and keeps the finished ones.
+``resume=True`` and keeps the finished ones. Runs are independent: ``workers > 1`` trains
+several at once in separate processes (one torch thread each), with the same results as one
+after another.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from metactl.integrations.lab.config import CompareConfig
 from metactl.integrations.lab.rundir import (
     METRICS_FILE,
+    PREFERRED_BOUNDS,
     RESULT_FILE,
     ROLLOUTS_FILE,
     append_jsonl,
-    read_meta,
+    folder_names,
+    prepare_out,
     run_dir_for,
-    slug,
-    write_meta,
     write_result,
 )
 from metactl.integrations.lab.testbed.tasks import Task, make_task
 from metactl.integrations.lab.testbed.warmstart import evaluate, warm_start
 
 PROBE_PROMPTS = 16
+
+Device = Literal["cpu", "cuda"]
+"""Where a run trains: ``cpu`` (float32) or ``cuda`` (bf16 autocast)."""
+
+
+def resolve_device(device: str) -> Device:
+    """The device ``--device`` names: ``auto`` is ``cuda`` when torch sees a GPU, else ``cpu``.
+
+    Raises:
+        ValueError: an unknown name, or ``cuda`` without a visible CUDA device (one line
+            naming the fix).
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device; use --device cpu (or auto)")
+        return "cuda"
+    raise ValueError(f"--device: expected auto, cpu or cuda, got {device!r}")
+
+
+def grpo_config(
+    cfg: CompareConfig,
+    run_dir: Path,
+    seed: int,
+    *,
+    max_completion_length: int,
+    device: Device = "cpu",
+) -> Any:
+    """The ``trl.GRPOConfig`` of one run.
+
+    Args:
+        cfg: the compare config (trainer settings, steps).
+        run_dir: the run's folder (TRL's scratch output under ``trainer/``).
+        seed: the run's seed (data order and sampling).
+        max_completion_length: the task's completion budget.
+        device: ``cpu`` trains in float32 (bf16 autocast is slower and inexact on a CPU);
+            ``cuda`` trains with bf16 autocast.
+    """
+    from trl.trainer.grpo_config import GRPOConfig
+
+    g = cfg.trainer.num_generations
+    return GRPOConfig(
+        output_dir=str(run_dir / "trainer"),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.trainer.prompts_per_step * g,
+        num_generations=g,
+        max_completion_length=max_completion_length,
+        learning_rate=cfg.trainer.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=cfg.trainer.beta,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        report_to=cfg.trainer.report_to,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+    )
 
 
 def sample_rollouts(
@@ -129,7 +198,7 @@ def probe_rollouts(
 
     rewards = torch.tensor(task.reward_func(prompts=prompts, completions=texts, **columns))
     adv = grpo_advantages(rewards, num_generations)
-    pref = preferred_temperature(logits, tokens, mask, bounds=(0.05, 10.0))
+    pref = preferred_temperature(logits, tokens, mask, bounds=PREFERRED_BOUNDS)
     keep = (adv.abs() > 1e-8) & torch.isfinite(pref)
     return {
         "temperature": temperature,
@@ -167,7 +236,7 @@ def _callbacks(
     tok = model_tok[1]
     gen = torch.Generator().manual_seed(10_000 + seed)
 
-    class Recorder(TrainerCallback):  # type: ignore[misc]
+    class Recorder(TrainerCallback):
         """Writes TRL's logs, evaluates held-out accuracy and probes rollouts."""
 
         def __init__(self) -> None:
@@ -210,6 +279,7 @@ def run_one(
     run_dir: Path,
     *,
     on_step: Callable[[], None] | None = None,
+    device: Device = "cpu",
 ) -> dict[str, Any]:
     """Train one (controller, seed) run and write its files; return its result.
 
@@ -219,10 +289,9 @@ def run_one(
         seed: the run's seed (GRPO data order and sampling, controller seed).
         run_dir: folder for the run's files (emptied first).
         on_step: called after every training step (progress bars).
+        device: where to train (``cpu`` or ``cuda``).
     """
     import shutil
-
-    from trl import GRPOConfig
 
     from metactl.integrations.trl import MetaGRPOTrainer
 
@@ -231,31 +300,14 @@ def run_one(
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    model, tok, ws_meta = warm_start(cfg.warm_start_config())
+    model, tok, ws_meta = warm_start(cfg.warm_start_config(), device=device)
+    model = model.to(device)  # before the first evaluation; the trainer keeps it there
     task = make_task(
         cfg.task, difficulty=cfg.difficulty, seed=cfg.warm_start.seed, n_eval=cfg.eval_size
     )
     controller = spec.build(seed=seed, steps=cfg.steps, vocab_size=len(tok))
-    g = cfg.trainer.num_generations
-    args = GRPOConfig(
-        output_dir=str(run_dir / "trainer"),
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.trainer.prompts_per_step * g,
-        num_generations=g,
-        max_completion_length=task.max_completion_length,
-        learning_rate=cfg.trainer.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        beta=cfg.trainer.beta,
-        gradient_checkpointing=False,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,  # GRPOConfig defaults to bf16 autocast: slower and inexact on CPU
-        save_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        disable_tqdm=True,
+    args = grpo_config(
+        cfg, run_dir, seed, max_completion_length=task.max_completion_length, device=device
     )
     curve: list[tuple[int, float]] = []
     t0 = time.perf_counter()
@@ -269,6 +321,7 @@ def run_one(
         train_dataset=task.train,
         processing_class=tok,
         controller=controller,
+        outcome=spec.trainer_outcome(),
         callbacks=_callbacks(
             run_dir=run_dir,
             model_tok=(model, tok),
@@ -283,6 +336,10 @@ def run_one(
 
     trainer.remove_callback(PrinterCallback)  # the job's progress bar replaces TRL's printing
     trainer.remove_callback(ProgressCallback)
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback":
+            # Under the run folder (TRL's output_dir is scratch, deleted when the run ends).
+            callback.logging_dir = str(run_dir / "tensorboard")
     trainer.train()
     wall = time.perf_counter() - t0
     steps = np.array([s for s, _ in curve], dtype=np.float64)
@@ -293,6 +350,7 @@ def run_one(
         "kind": spec.kind,
         "seed": seed,
         "steps": cfg.steps,
+        "device": device,
         "initial_accuracy": acc0,
         "final_accuracy": float(accs[-1]),
         "auc": auc,
@@ -320,6 +378,47 @@ def versions() -> dict[str, str]:
     return out
 
 
+def planned_jobs(cfg: CompareConfig, out: Path, *, resume: bool) -> list[tuple[int, int]]:
+    """The ``(controller index, seed)`` runs still to train, seed by seed.
+
+    Every controller on seed 0 comes first, so an interrupted job still holds side-by-side
+    comparisons; with ``resume``, runs that already finished in ``out`` are left out.
+    """
+    labels = [s.label() for s in cfg.controllers]
+    jobs = [(i, s) for s in cfg.seed_list() for i in range(len(labels))]
+    if resume:
+        jobs = [
+            (i, s) for i, s in jobs if not (run_dir_for(out, labels[i], s) / RESULT_FILE).exists()
+        ]
+    return jobs
+
+
+def _run_in_worker(
+    cfg_data: dict[str, Any], index: int, seed: int, run_dir: str, device: Device
+) -> dict[str, Any]:
+    """One run in a worker process (spawned: a fresh interpreter, one torch thread)."""
+    import warnings
+
+    import torch
+    import transformers
+
+    from metactl.integrations.lab.config import CompareConfig
+
+    # Workers run side by side on the CPU cores: one thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    cfg = CompareConfig.model_validate(cfg_data)
+    return run_one(cfg, index, seed, Path(run_dir), device=device)
+
+
+def _result_line(label: str, seed: int, res: dict[str, Any]) -> str:
+    return (
+        f"{label:>24} seed {seed}: held-out accuracy {res['initial_accuracy']:.1%} -> "
+        f"{res['final_accuracy']:.1%} ({res['wall_time_s']:.0f} s)"
+    )
+
+
 def run_compare(
     cfg: CompareConfig,
     out: str | Path,
@@ -328,6 +427,8 @@ def run_compare(
     resume: bool = False,
     progress: bool = True,
     figure: bool = True,
+    device: Device = "cpu",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run every controller of ``cfg`` on every seed and write the report files.
 
@@ -339,62 +440,123 @@ def run_compare(
 
     Args:
         cfg: the validated config.
-        out: output folder (created).
+        out: output folder: new or empty, or (with ``resume``) one holding this config.
         command: the command line, recorded in ``config.json`` and ``report.md``.
         resume: keep runs of ``out`` that already finished (same config) instead of
             rerunning them.
-        progress: show a progress bar over all steps of all runs.
+        progress: show a progress bar over all steps of all runs when stdout and stderr are
+            terminals; otherwise (a redirected log) only a line per finished run is printed.
         figure: draw ``report.png``.
+        device: where runs train (``cpu`` or ``cuda``; see :func:`resolve_device`).
+        workers: runs trained at once, each in its own process with one torch thread.
 
     Returns:
         The summary dict.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        metactl.integrations.lab.rundir.RunFolderError: ``out`` cannot hold this experiment
+            (raised before anything is written).
+    """
     from metactl.integrations.lab.report import write_report
 
+    if workers < 1:
+        raise ValueError(f"workers: expected a positive integer, got {workers}")
     out_p = Path(out)
-    out_p.mkdir(parents=True, exist_ok=True)
     labels = [s.label() for s in cfg.controllers]
     seeds = cfg.seed_list()
     meta = {
         "config": cfg.model_dump(mode="json"),
         "command": command,
         "versions": versions(),
+        "device": device,
         "labels": labels,
-        "slugs": {slug(x): x for x in labels},
+        "seeds": seeds,
+        "folders": folder_names(labels),
         "expected_runs": len(labels) * len(seeds),
     }
-    if resume and read_meta(out_p).get("config", meta["config"]) != meta["config"]:
-        raise ValueError(f"--resume: {out_p} holds a different config; use another --out folder")
-    write_meta(out_p, meta)
+    prepare_out(out_p, meta, resume=resume)
 
     # Build the warm start before the progress bar (it may train once, then it is cached).
-    warm_start(cfg.warm_start_config(), verbose=False)
-    jobs = [(i, s) for s in seeds for i in range(len(labels))]
-    bar = tqdm(
-        total=len(jobs) * cfg.steps,
-        desc="metactl",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    warm_start(cfg.warm_start_config(), verbose=False, device=device)
+    jobs = planned_jobs(cfg, out_p, resume=resume)
+    done_before = len(labels) * len(seeds) - len(jobs)
+    # A bar redraws with carriage returns: only on a terminal, never into a redirected log.
+    bar = None
+    if progress and sys.stdout.isatty() and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(labels) * len(seeds) * cfg.steps,
+            desc="metactl",
+            unit="step",
+            dynamic_ncols=True,
+            initial=done_before * cfg.steps,
+        )
+
+    def say(line: str) -> None:
+        if bar is not None:
+            bar.write(line)
+        else:
+            print(line, flush=True)
+
     try:
-        for i, s in jobs:
-            rd = run_dir_for(out_p, labels[i], s)
-            if resume and (rd / RESULT_FILE).exists():
-                bar.update(cfg.steps)
-                continue
-            bar.set_postfix_str(f"{labels[i]} seed {s}")
-            res = run_one(cfg, i, s, rd, on_step=lambda: bar.update(1))
-            bar.write(
-                f"{labels[i]:>24} seed {s}: held-out accuracy {res['initial_accuracy']:.1%} -> "
-                f"{res['final_accuracy']:.1%} ({res['wall_time_s']:.0f} s)"
-            )
-            write_report(out_p, figure=False)
+        if workers == 1:
+            for i, s in jobs:
+                if bar is not None:
+                    bar.set_postfix_str(f"{labels[i]} seed {s}")
+                step = None if bar is None else (lambda: bar.update(1))
+                res = run_one(
+                    cfg, i, s, run_dir_for(out_p, labels[i], s), on_step=step, device=device
+                )
+                say(_result_line(labels[i], s, res))
+                write_report(out_p, figure=False)
+        else:
+            _run_parallel(cfg, out_p, jobs, labels, device, workers, bar, say)
     except KeyboardInterrupt:
-        bar.close()
+        if bar is not None:
+            bar.close()
         write_report(out_p, figure=figure)
         raise
-    bar.close()
+    if bar is not None:
+        bar.close()
     return write_report(out_p, figure=figure)
+
+
+def _run_parallel(
+    cfg: CompareConfig,
+    out: Path,
+    jobs: list[tuple[int, int]],
+    labels: list[str],
+    device: Device,
+    workers: int,
+    bar: Any,
+    say: Callable[[str], None],
+) -> None:
+    """Train ``jobs`` in ``workers`` spawned processes; report each run as it finishes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    from metactl.integrations.lab.report import write_report
+
+    cfg_data = cfg.model_dump(mode="json")
+    # spawn, not fork: torch and its thread pools are not fork-safe.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: dict[Future[dict[str, Any]], tuple[int, int]] = {
+            pool.submit(
+                _run_in_worker, cfg_data, i, s, str(run_dir_for(out, labels[i], s)), device
+            ): (i, s)
+            for i, s in jobs
+        }
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i, s = pending.pop(future)
+                    res = future.result()
+                    if bar is not None:
+                        bar.update(cfg.steps)
+                    say(_result_line(labels[i], s, res))
+                    write_report(out, figure=False)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

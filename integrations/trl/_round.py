@@ -1,8 +1,8 @@
 """One generation round's meta statistics, reduced across processes into one feedback.
 
 Each process accumulates, over the micro-batches of the round's first pass, the rollouts'
-virtual-temperature log-likelihoods and advantages (or the round's mean reward, or its mean
-token entropy). At the end of the round :meth:`RoundStats.feedback` gathers them with
+virtual-temperature log-likelihoods and advantages (or the round's mean reward and informative
+fraction, or its mean token entropy). At the end of the round :meth:`RoundStats.feedback` gathers them with
 accelerate so that every process builds the identical feedback::
 
     stats = RoundStats(decision)
@@ -14,13 +14,55 @@ accelerate so that every process builds the identical feedback::
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 import metactl as mc
+
+OutcomeSignal = Literal["mean_reward", "informative_fraction"]
+"""What a bandit controller's :class:`metactl.Outcome` reward is: the round's mean reward, or
+the fraction of its prompt groups with unequal rewards (:func:`informative_fraction`)."""
+
+OUTCOME_SIGNALS: tuple[OutcomeSignal, ...] = ("mean_reward", "informative_fraction")
+
+
+def informative_fraction(rewards: Any, group_size: int) -> float:
+    """The fraction of prompt groups whose rewards are not all equal.
+
+    In GRPO a group whose completions all get the same reward has zero advantage and teaches
+    nothing; the sampling temperature decides how many such groups a batch has. Rows are
+    grouped as TRL groups them: ``group_size`` consecutive rewards per prompt. NaN rewards
+    (completions no reward function scored) are ignored; a group with fewer than two scored
+    completions counts as uninformative. Rewards within ``1e-8`` count as equal.
+
+    Args:
+        rewards: ``[num_prompts * group_size]`` rewards (tensor, array or sequence).
+        group_size: completions per prompt (``num_generations``).
+
+    Returns:
+        A fraction in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``group_size`` < 1, or a reward count that is not a multiple of it.
+    """
+    values = np.asarray(
+        rewards.detach().cpu().double() if isinstance(rewards, Tensor) else rewards,
+        dtype=np.float64,
+    ).reshape(-1)
+    if group_size < 1 or values.size % group_size or values.size == 0:
+        raise ValueError(
+            f"informative_fraction: need a positive group_size dividing the {values.size} "
+            f"rewards, got group_size={group_size}"
+        )
+    groups = values.reshape(-1, group_size)
+    scored = np.isfinite(groups)
+    high = np.where(scored, groups, -np.inf).max(axis=1)
+    low = np.where(scored, groups, np.inf).min(axis=1)
+    informative = (scored.sum(axis=1) >= 2) & (high - low > 1e-8)
+    return float(informative.mean())
 
 
 class RoundStats:
@@ -32,6 +74,7 @@ class RoundStats:
         self._counts: list[Tensor] = []
         self._advantages: list[Tensor] = []
         self.reward: float | None = None
+        self.informative_fraction: float | None = None
         self._entropy: list[float] = []
 
     def add_rollouts(self, sums: Tensor, counts: Tensor, advantages: Tensor) -> None:
@@ -45,9 +88,18 @@ class RoundStats:
         self._entropy.append(entropy)
 
     def feedback(
-        self, accepts: tuple[type, ...], accelerator: Any
+        self,
+        accepts: tuple[type, ...],
+        accelerator: Any,
+        outcome: OutcomeSignal = "mean_reward",
     ) -> tuple[mc.Feedback | None, dict[str, float]]:
         """The feedback this round gives a controller accepting ``accepts``, identical on every rank.
+
+        Args:
+            accepts: the controller's feedback types.
+            accelerator: the trainer's ``accelerate.Accelerator``.
+            outcome: the reward of :class:`metactl.Outcome` feedback: the round's mean reward or
+                its informative fraction.
 
         Returns:
             ``(feedback or None, extra metrics)``. None when the round left nothing to learn from
@@ -69,9 +121,10 @@ class RoundStats:
                 loglik, advantages, d.virtual
             )
         if mc.Outcome in accepts:
-            if self.reward is None or not math.isfinite(self.reward):
+            reward = self.reward if outcome == "mean_reward" else self.informative_fraction
+            if reward is None or not math.isfinite(reward):
                 return None, {}
-            return mc.Outcome(d, self.reward), {}
+            return mc.Outcome(d, reward), {}
         if mc.EntropyObservation in accepts:
             if not self._entropy:
                 return None, {}
@@ -106,8 +159,7 @@ def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarra
         with np.errstate(divide="ignore", invalid="ignore"):
             vertex = np.where(a < 0, -b / (2 * a), x1)
         out[rows] = np.clip(vertex, x0, x2)
-    preferred: np.ndarray = 1.0 / out
-    return preferred
+    return np.asarray(1.0 / out)
 
 
 def preferred_metrics(

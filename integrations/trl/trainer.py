@@ -30,7 +30,7 @@ from trl import GRPOTrainer
 import metactl as mc
 
 from ._head import RoundTemperature, VirtualScoreTap, check_kernel, refit_fused_head
-from ._round import RoundStats
+from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
 
 CONTROLLER_FILE = "metactl_controller.json"
 """Name of the controller's state file inside each ``checkpoint-N/`` folder."""
@@ -119,6 +119,13 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             ``GRPOConfig.seed`` samples the same temperatures); an explicit seed wins.
             ``args.temperature`` other than TRL's default raises a ``UserWarning``: the
             controller, not the config, sets the sampling temperature.
+        outcome: the reward of a controller learning from :class:`metactl.Outcome` (e.g.
+            SlidingWindowUCB): ``"mean_reward"`` (default), the round's mean reward, or
+            ``"informative_fraction"``, the fraction of the round's prompt groups whose
+            completions got unequal rewards (a group with equal rewards has zero GRPO advantage
+            and teaches nothing). Both are computed over the whole round, gathered across
+            processes. The fraction is logged every round as ``meta/informative_fraction``
+            whatever the controller.
 
     Raises:
         TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
@@ -144,7 +151,11 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         environment_factory: Any = None,
         *,
         controller: mc.Controller | None = None,
+        outcome: OutcomeSignal = "mean_reward",
     ) -> None:
+        if outcome not in OUTCOME_SIGNALS:
+            raise ValueError(f"outcome: expected one of {list(OUTCOME_SIGNALS)}, got {outcome!r}")
+        self.outcome: OutcomeSignal = outcome
         if controller is not None:
             check_temperature_controller(controller)
         if args is not None:
@@ -233,6 +244,11 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             rewards = (rewards_per_func * weights).nansum(dim=1)
             scorable = ~torch.isnan(rewards_per_func).all(dim=1)
             self._round.reward = rewards[scorable].mean().item() if bool(scorable.any()) else None
+            group_size = self.num_generations  # typed Optional by TRL; always set to train
+            if group_size is not None:
+                self._round.informative_fraction = informative_fraction(
+                    torch.where(scorable, rewards, torch.nan), group_size
+                )
         return rewards_per_func
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
@@ -281,8 +297,10 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
 
     def _finish_round(self, stats: RoundStats) -> None:
         """Update the controller from the round's statistics, identically on every process."""
-        feedback, extra = stats.feedback(self.controller.accepts, self.accelerator)
+        feedback, extra = stats.feedback(self.controller.accepts, self.accelerator, self.outcome)
         metrics = dict(extra)
+        if stats.informative_fraction is not None:
+            metrics["meta/informative_fraction"] = stats.informative_fraction
         if feedback is not None:
             metrics.update({f"meta/{k}": v for k, v in self.controller.update(feedback).items()})
         for key, value in metrics.items():

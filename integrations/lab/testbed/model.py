@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-Size = Literal["tiny", "small"]
+Size = Literal["tiny", "small", "medium"]
 
 #: Architecture presets: (hidden size, layers, attention heads, MLP width).
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (64, 2, 4, 256),
     "small": (128, 4, 4, 512),
+    # About 34M parameters: worth a GPU (``--device cuda``), far too slow for the CPU default.
+    "medium": (512, 8, 8, 2048),
 }
 
 
@@ -20,7 +22,8 @@ def make_model(tokenizer: Any, *, seed: int = 0, size: Size = "tiny") -> Any:
         tokenizer: the tokenizer from :func:`make_tokenizer` (sets vocabulary and
             special-token ids).
         seed: initialisation seed; the same seed gives bit-identical weights.
-        size: ``"tiny"`` (about 0.1M parameters, the default testbed) or ``"small"``.
+        size: ``"tiny"`` (about 0.1M parameters, the default testbed), ``"small"``
+            or ``"medium"`` (about 34M parameters, for a GPU).
 
     Returns:
         A ``transformers.Qwen2ForCausalLM`` in float32, in train mode.

@@ -108,11 +108,11 @@ class WarmStartConfig:
         return cache_dir() / "warmstart" / name
 
 
-def _train(cfg: WarmStartConfig, verbose: bool) -> tuple[Any, dict[str, Any]]:
+def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     import torch
 
     tok = make_tokenizer()
-    model = make_model(tok, seed=cfg.seed, size=cfg.size)  # type: ignore[arg-type]
+    model = make_model(tok, seed=cfg.seed, size=cfg.size).to(device)  # type: ignore[arg-type]
     task = make_task(cfg.task, difficulty=cfg.difficulty, seed=cfg.seed)
     # Validation prompts come from the train half, so the stopping rule never sees eval prompts.
     val = task.train.select(range(min(200, len(task.train))))
@@ -145,7 +145,11 @@ def _train(cfg: WarmStartConfig, verbose: bool) -> tuple[Any, dict[str, Any]]:
     step = 0
     while step < cfg.max_steps:
         idx = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
-        out = model(input_ids=x[idx], attention_mask=attn[idx], labels=labels[idx])
+        out = model(
+            input_ids=x[idx].to(device),
+            attention_mask=attn[idx].to(device),
+            labels=labels[idx].to(device),
+        )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -173,7 +177,11 @@ def _train(cfg: WarmStartConfig, verbose: bool) -> tuple[Any, dict[str, Any]]:
 
 
 def warm_start(
-    cfg: WarmStartConfig | None = None, *, use_cache: bool = True, verbose: bool = False
+    cfg: WarmStartConfig | None = None,
+    *,
+    use_cache: bool = True,
+    verbose: bool = False,
+    device: str = "cpu",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Return a supervised warm-started model, training it once and caching it.
 
@@ -187,6 +195,8 @@ def warm_start(
         cfg: warm-start settings (defaults: addition, 2 digits, tiny model, seed 0).
         use_cache: read and write the on-disk cache.
         verbose: print progress.
+        device: where to train it when it is not cached (``"cpu"`` or ``"cuda"``); the model
+            is returned on the CPU either way.
 
     Returns:
         ``(model, tokenizer, meta)``; ``meta`` holds the settings, steps, accuracies and
@@ -202,7 +212,8 @@ def warm_start(
         meta: dict[str, Any] = json.loads(meta_file.read_text())
         model = Qwen2ForCausalLM.from_pretrained(path)
         return model, tok, meta
-    model, meta = _train(cfg, verbose)
+    model, meta = _train(cfg, verbose, device)
+    model = model.to("cpu")
     if use_cache:
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)

@@ -166,7 +166,7 @@ def test_mean_ci95() -> None:
     assert m == pytest.approx(0.6)
     assert lo == pytest.approx(0.6 - 4.302653 * 0.1 / 3**0.5, rel=1e-5)
     assert hi == pytest.approx(2 * 0.6 - lo)
-    assert mean_ci95([0.4]) == (0.4, 0.4, 0.4)
+    assert mean_ci95([0.4]) == (0.4, None, None)  # one seed: no interval, not a zero-width one
 
 
 def _fake_run(out: Path, label: str, slug: str, seed: int, *, finished: bool, kind: str) -> None:
@@ -177,6 +177,8 @@ def _fake_run(out: Path, label: str, slug: str, seed: int, *, finished: bool, ki
         rec: dict[str, Any] = {"step": s, "meta/temperature": 0.6 + 0.1 * (s % 3)}
         if kind == "tampo":
             rec.update({f"meta/prob/{t:g}": 1 / 3 for t in (0.6, 0.7, 0.8)})
+        if kind == "meta_gradient":  # a Box policy logs its median and sigma
+            rec.update({"meta/mean": 0.9 + 0.01 * s, "meta/sigma": 1.0 / s})
         lines.append(rec)
         if s % 10 == 0:
             lines.append({"step": s, "eval/accuracy": 0.4 + 0.01 * s + 0.01 * seed})
@@ -185,7 +187,13 @@ def _fake_run(out: Path, label: str, slug: str, seed: int, *, finished: bool, ki
         text += '{"step": 21, "meta/tempera'  # torn line of a killed process
     (rd / "metrics.jsonl").write_text(text)
     (rd / "rollouts.jsonl").write_text(
-        json.dumps({"step": 10, "advantage": [1.0, -0.5, -0.5], "preferred": [0.7, 1.2, 1.4]})
+        json.dumps(
+            {
+                "step": 10,
+                "advantage": [1.0, -0.5, -0.5, 1.0, -0.5],
+                "preferred": [0.7, 1.2, 1.4, 0.05, 10.0],  # two at the search bounds
+            }
+        )
         + "\n"
     )
     if finished:
@@ -216,7 +224,7 @@ def _interrupted_folder(out: Path) -> None:
                 "command": "metactl demo --quick",
                 "versions": {"metactl": mc.__version__},
                 "labels": ["TAMPO", "T=0.6"],
-                "slugs": {"TAMPO": "TAMPO", "T0.6": "T=0.6"},
+                "seeds": [0, 1],
                 "expected_runs": 4,
             }
         )
@@ -242,21 +250,30 @@ def test_plot_on_an_interrupted_run_folder(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False
     assert summary["finished_runs"] == 2 and summary["expected_runs"] == 4
-    assert summary["incomplete"] == [{"run": "runs/TAMPO/seed1", "last_step": 20}]
+    assert summary["incomplete"] == [
+        {"run": "runs/TAMPO/seed1", "label": "TAMPO", "seed": 1, "last_step": 20}
+    ]
+    assert summary["missing"] == [{"run": "runs/T0.6/seed1", "label": "T=0.6", "seed": 1}]
     assert list(summary["controllers"]) == ["TAMPO", "T=0.6"]
     assert summary["controllers"]["TAMPO"]["final_accuracy"] == [0.6]
+    assert summary["controllers"]["TAMPO"]["final_accuracy_ci95"] is None  # one seed
     report = (out / "report.md").read_text()
     assert (
         "Incomplete run" in report
-        and "| TAMPO | 1 |" in report
+        and "| TAMPO | 1 of 2 |" in report
+        and "unfinished: `runs/TAMPO/seed1`" in report
+        and "not started: `runs/T0.6/seed1`" in report
         and "metactl demo --quick" in report
     )
     assert (out / "report.png").stat().st_size > 10_000
     assert "TAMPO" in capsys.readouterr().out
 
 
-def test_plot_rejects_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+def test_plot_rejects_a_folder_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["plot", str(tmp_path)]) == 2
+    _assert_one_line_error(capsys, "not a metactl run folder")
 
 
 def test_collect_without_config_still_summarises(tmp_path: Path) -> None:
@@ -376,3 +393,445 @@ def test_interrupted_compare_keeps_finished_runs(
     summary = runner.run_compare(cfg, out, resume=True, progress=False, figure=False)
     assert seen == [(1, 0), (2, 0), (3, 0)]
     assert summary["complete"] is True
+
+
+# --- run folders: one experiment each, one folder per run, one-line errors --------------------
+
+
+def _assert_one_line_error(capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert err and "\n" not in err and "Traceback" not in err, err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    if not folder.exists():
+        return {}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _config_file(tmp_path: Path, *controllers: dict[str, Any], **top: Any) -> Path:
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(_cfg(*controllers, **{"seeds": 1, "steps": 20, **top})))
+    return path
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """``runner.run_one`` writes a finished fake run instead of training; no warm start.
+
+    Returns the (controller index, seed) of every run it was asked for.
+    """
+    import shutil
+
+    from metactl.integrations.lab import runner
+
+    calls: list[tuple[int, int]] = []
+
+    def fake_run_one(cfg: CompareConfig, index: int, seed: int, run_dir: Path, **kw: Any) -> Any:
+        calls.append((index, seed))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        spec = cfg.controllers[index]
+        _fake_run(
+            run_dir.parents[2],
+            spec.label(),
+            run_dir.parent.name,
+            seed,
+            finished=True,
+            kind=spec.kind,
+        )
+        return json.loads((run_dir / "result.json").read_text())
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    monkeypatch.setattr(runner, "warm_start", lambda *a, **k: None)
+    return calls
+
+
+TWO_FIXED = ({"kind": "fixed", "temperature": 0.6}, {"kind": "fixed", "temperature": 1.0})
+
+
+def test_reusing_out_without_resume_is_refused(
+    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config_file(tmp_path, *TWO_FIXED)
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out), "--no-plot"]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main(["compare", str(config), "--out", str(out), "--no-plot"]) == 2
+    _assert_one_line_error(capsys, "pass --resume")
+    assert _snapshot(out) == before and len(fake_training) == 2
+    # Any non-empty folder, not only a metactl one.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    assert main(["compare", str(config), "--out", str(other)]) == 2
+    _assert_one_line_error(capsys, "already holds files")
+    assert _snapshot(other) == {"todo.txt": b"mine"}
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("a b", "a_b"), ("温度", "Температура"), ("T=a", "T=A")],
+    ids=["space-underscore", "non-ascii", "case"],
+)
+def test_labels_that_share_a_run_folder_are_refused(
+    tmp_path: Path, names: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    controllers = [
+        {"kind": "fixed", "temperature": 0.6, "name": names[0]},
+        {"kind": "fixed", "temperature": 1.0, "name": names[1]},
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config(_cfg(*controllers))
+    assert repr(names[0]) in str(info.value) and repr(names[1]) in str(info.value)
+    out = tmp_path / "out"
+    assert main(["compare", str(_config_file(tmp_path, *controllers)), "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "share a run folder")
+    assert not out.exists()
+
+
+def test_every_label_gets_its_own_folder() -> None:
+    from metactl.integrations.lab.rundir import folder_names, slug
+
+    names = folder_names(["T=0.6", "a/b", "a b", "..", "TAMPO"])
+    assert names == {
+        "T=0.6": "T0.6",
+        "a/b": "ab",
+        "a b": "a_b",
+        "..": "controller",
+        "TAMPO": "TAMPO",
+    }
+    assert slug("../x") == "x"  # never a path out of runs/
+
+
+def test_resume_with_a_changed_config_is_refused(
+    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config_file(tmp_path, *TWO_FIXED)
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out), "--no-plot"]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    argv = ["compare", str(config), "--out", str(out), "--resume", "--no-plot"]
+    assert main([*argv, "--steps", "7"]) == 2
+    _assert_one_line_error(capsys, "differs in: steps")
+    assert _snapshot(out) == before
+    # The same config resumes: nothing left to run, the original command is kept.
+    assert main(argv) == 0
+    assert len(fake_training) == 2
+    assert "--resume" not in json.loads((out / "config.json").read_text())["command"]
+
+
+def test_resume_into_a_folder_that_is_not_a_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.txt").write_text("x")
+    config = _config_file(tmp_path, *TWO_FIXED)
+    assert main(["compare", str(config), "--out", str(out), "--resume"]) == 2
+    _assert_one_line_error(capsys, "not a metactl run folder")
+
+
+def test_out_that_cannot_be_created_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = _config_file(tmp_path, *TWO_FIXED)
+    assert main(["compare", str(config), "--out", str(blocker / "sub" / "out")]) == 2
+    _assert_one_line_error(capsys, "cannot create the folder")
+    assert main(["compare", str(config), "--out", str(blocker)]) == 2
+    _assert_one_line_error(capsys, "is a file")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_prepare_out_reports_a_failing_mkdir_in_one_line(tmp_path: Path) -> None:
+    from metactl.integrations.lab.rundir import RunFolderError, prepare_out
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(RunFolderError, match="cannot create"):
+        prepare_out(blocker / "out", {"config": {}}, resume=False)
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--device", "tpu"])
+    assert info.value.code == 2
+    _assert_one_line_error(capsys, "--device")
+
+
+def test_reproduce_line_works_from_any_directory(
+    tmp_path: Path, fake_training: list[tuple[int, int]]
+) -> None:
+    import os
+    import shlex
+
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--steps", "20", "--out", str(out), "--no-plot"]) == 0
+    command = json.loads((out / "config.json").read_text())["command"]
+    assert command == (
+        f"cd {shlex.quote(os.getcwd())} && metactl demo --quick --steps 20 --out {out} --no-plot"
+    )
+    assert command in (out / "report.md").read_text()
+
+
+def test_summary_table_and_figure_agree_on_an_incomplete_folder(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from metactl.integrations.lab.report import summary_table
+
+    out = tmp_path / "run"
+    _interrupted_folder(out)
+    meta = json.loads((out / "config.json").read_text())
+    meta["labels"].append("T=1")  # a controller none of whose runs started
+    meta["expected_runs"] = 6
+    (out / "config.json").write_text(json.dumps(meta))
+    summary = write_report(out, figure=True)
+    assert summary["expected_runs"] == 6 and summary["finished_runs"] == 2
+    assert len(summary["incomplete"]) == 1 and len(summary["missing"]) == 3
+    assert summary["finished_runs"] + len(summary["incomplete"]) + len(summary["missing"]) == 6
+    table = summary_table(summary)
+    assert "| TAMPO | 1 of 2 |" in table and "| T=0.6 | 1 of 2 |" in table
+    assert "| T=1 | 0 of 2 | n/a |" in table
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "report.png").exists()
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+def test_progress_is_a_line_per_run_when_output_is_not_a_terminal(
+    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metactl.integrations.lab import runner
+
+    cfg = parse_config(_cfg(*TWO_FIXED, seeds=2, steps=20))
+    runner.run_compare(cfg, tmp_path / "out", progress=True, figure=False)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err  # no bar redrawn into a log
+    lines = [x for x in captured.out.splitlines() if "held-out accuracy" in x]
+    assert len(lines) == 4 and "T=0.6 seed 0" in lines[0]
+
+
+def test_progress_in_a_subprocess_with_redirected_output(tmp_path: Path) -> None:
+    """The real command with stdout/stderr to pipes (a log): no carriage returns."""
+    out = tmp_path / "out"
+    code = (
+        "import sys, json\n"
+        "from metactl.integrations.lab import runner\n"
+        "from metactl.integrations.lab.cli import main\n"
+        "def fake(cfg, index, seed, run_dir, **kw):\n"
+        "    run_dir.mkdir(parents=True)\n"
+        "    res = {'controller': cfg.controllers[index].label(), 'kind': 'fixed', 'seed': seed,\n"
+        "           'initial_accuracy': 0.1, 'final_accuracy': 0.2, 'auc': 0.15,\n"
+        "           'curve': [[0, 0.1], [2, 0.2]], 'wall_time_s': 1.0}\n"
+        "    (run_dir / 'result.json').write_text(json.dumps(res))\n"
+        "    return res\n"
+        "runner.run_one = fake\n"
+        "runner.warm_start = lambda *a, **k: None\n"
+        f"sys.exit(main(['demo', '--quick', '--steps', '2', '--no-plot', '--out', {str(out)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("held-out accuracy") == 4
+
+
+# --- figure ----------------------------------------------------------------------------------------
+
+
+def _folder(out: Path, labels: list[str], seeds: list[int], specs: list[dict[str, Any]]) -> None:
+    out.mkdir()
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "config": {"task": "addition", "difficulty": 2, "steps": 20, "controllers": specs},
+                "command": "metactl compare c.yaml",
+                "labels": labels,
+                "seeds": seeds,
+                "expected_runs": len(labels) * len(seeds),
+            }
+        )
+    )
+
+
+def test_report_with_one_seed_claims_no_interval(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    _folder(
+        out, ["TAMPO", "T=0.6"], [0], [{"kind": "tampo"}, {"kind": "fixed", "temperature": 0.6}]
+    )
+    _fake_run(out, "TAMPO", "TAMPO", 0, finished=True, kind="tampo")
+    _fake_run(out, "T=0.6", "T0.6", 0, finished=True, kind="fixed")
+    summary = write_report(out, figure=True)
+    saved = json.loads((out / "summary.json").read_text())
+    for c in saved["controllers"].values():
+        assert c["final_accuracy_ci95"] is None and c["auc_ci95"] is None
+    assert summary["complete"] is True
+    assert "| TAMPO | 1 | 40.0 | 60.0 | 50.0 | 3 |" in (out / "report.md").read_text()
+    assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_report_draws_a_box_meta_policy_and_an_unfinished_run(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from metactl.integrations.lab.report import _box_of, _meta_policy, _preferred
+    from metactl.integrations.lab.rundir import list_runs
+
+    out = tmp_path / "run"
+    label = "MetaGradient (box)"
+    spec = {"kind": "meta_gradient", "space": "box", "low": 0.6, "high": 1.5}
+    _folder(out, [label], [0, 1], [spec])
+    _fake_run(out, label, "MetaGradient_box", 0, finished=True, kind="meta_gradient")
+    _fake_run(out, label, "MetaGradient_box", 1, finished=False, kind="meta_gradient")
+    runs = list_runs(out)
+    assert [r.status for r in runs] == ["finished", "unfinished"]
+    policy = _meta_policy(runs[0])
+    assert policy is not None and policy["kind"] == "box" and len(policy["steps"]) == 20
+    assert _box_of(out, label) == mc.Box(0.6, 1.5, log=True)
+    pref = _preferred(runs)
+    assert pref["at_low"] == 2 and pref["at_high"] == 2  # counted apart, not drawn
+    assert len(pref["positive"]) == 2 and len(pref["negative"]) == 4
+    summary = write_report(out, figure=True)
+    assert summary["incomplete"][0]["seed"] == 1 and summary["complete"] is False
+    assert (out / "report.png").stat().st_size > 10_000
+
+
+# --- device, workers, report_to ------------------------------------------------------------------
+
+
+def test_device_and_workers_flags() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["compare", "c.yaml", "--device", "cpu", "--workers", "2"])
+    assert args.device == "cpu" and args.workers == 2
+    assert parser.parse_args(["demo"]).device == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--workers", "0"])
+
+
+def test_resolve_device() -> None:
+    torch = pytest.importorskip("torch")
+    from metactl.integrations.lab.runner import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_grpo_config_on_cpu_is_float32_and_reports_as_configured(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    from metactl.integrations.lab.runner import grpo_config
+
+    cfg = parse_config(_cfg(*TWO_FIXED, trainer={"prompts_per_step": 4, "num_generations": 2}))
+    args = grpo_config(cfg, tmp_path, 3, max_completion_length=5, device="cpu")
+    assert args.use_cpu is True and args.bf16 is False
+    assert args.seed == 3 and args.max_steps == cfg.steps
+    assert args.per_device_train_batch_size == 8 and args.num_generations == 2
+    assert args.report_to in ("none", [], ["none"])
+    assert args.output_dir == str(tmp_path / "trainer")
+    tb = parse_config(_cfg(*TWO_FIXED, trainer={"report_to": "tensorboard"}))
+    assert tb.trainer.report_to == "tensorboard"
+    with pytest.raises(ConfigError, match="report_to"):
+        parse_config(_cfg(*TWO_FIXED, trainer={"report_to": "wandb-ish"}))
+
+
+def test_planned_jobs_go_seed_by_seed_and_skip_finished_runs(tmp_path: Path) -> None:
+    from metactl.integrations.lab.runner import planned_jobs
+
+    cfg = parse_config(_cfg(*TWO_FIXED, seeds=2))
+    assert planned_jobs(cfg, tmp_path, resume=False) == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    _fake_run(tmp_path, "T=1", "T1", 0, finished=True, kind="fixed")
+    _fake_run(tmp_path, "T=0.6", "T0.6", 1, finished=False, kind="fixed")
+    assert planned_jobs(cfg, tmp_path, resume=True) == [(0, 0), (0, 1), (1, 1)]
+
+
+def test_ucb_informative_fraction_in_config() -> None:
+    cfg = parse_config(
+        _cfg(
+            {"kind": "sliding_window_ucb"},
+            {"kind": "sliding_window_ucb", "outcome": "informative_fraction"},
+        )
+    )
+    assert [c.label() for c in cfg.controllers] == ["SW-UCB", "SW-UCB (informative)"]
+    assert [c.trainer_outcome() for c in cfg.controllers] == ["mean_reward", "informative_fraction"]
+    assert {c.trainer_outcome() for c in demo_config().controllers} == {"mean_reward"}
+
+
+@pytest.mark.slow
+def test_workers_give_the_results_of_runs_one_after_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs in two spawned worker processes equal the same two runs trained in turn."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from metactl.integrations.lab import runner
+
+    monkeypatch.setenv("METACTL_CACHE", str(tmp_path / "cache"))  # inherited by the workers
+    cfg = parse_config(
+        _cfg(
+            {"kind": "tampo"},
+            {"kind": "fixed", "temperature": 1.0},
+            steps=2,
+            seeds=1,
+            eval_every=2,
+            eval_size=16,
+            trainer={"prompts_per_step": 2, "num_generations": 2},
+            warm_start={"max_steps": 25},
+        )
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker: the same thread count, the same arithmetic
+    try:
+        runner.run_compare(cfg, tmp_path / "seq", progress=False, figure=False)
+    finally:
+        torch.set_num_threads(threads)
+    summary = runner.run_compare(cfg, tmp_path / "par", progress=False, figure=False, workers=2)
+    assert summary["complete"] is True and summary["finished_runs"] == 2
+    for folder in ("TAMPO", "T1"):
+        seq = json.loads((tmp_path / "seq" / "runs" / folder / "seed0" / "result.json").read_text())
+        par = json.loads((tmp_path / "par" / "runs" / folder / "seed0" / "result.json").read_text())
+        seq.pop("wall_time_s")
+        par.pop("wall_time_s")
+        assert par == seq
+
+
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--device", "cuda", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "--device cuda: torch sees no CUDA device")
+    assert not out.exists()
+
+
+def test_tensorboard_without_the_package_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    config = _config_file(tmp_path, *TWO_FIXED, trainer={"report_to": "tensorboard"})
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out), "--device", "cpu"]) == 2
+    _assert_one_line_error(capsys, "pip install tensorboard")
+    assert not out.exists()
+
+
+def test_grpo_config_on_cuda_is_bf16(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (transformers refuses bf16 without one)")
+    from metactl.integrations.lab.runner import grpo_config
+
+    args = grpo_config(demo_config(quick=True), tmp_path, 0, max_completion_length=5, device="cuda")
+    assert args.bf16 is True and args.use_cpu is False

@@ -164,3 +164,11 @@ def test_sample_rollouts_is_deterministic_by_generator() -> None:
     assert len(texts) == 6 and logits.shape[:2] == tokens.shape == mask.shape
     assert draw(0)[0] == texts
     assert json.dumps(texts)  # plain strings
+
+
+def test_size_presets_span_cpu_and_gpu_scales() -> None:
+    tok = make_tokenizer()
+    tiny = sum(p.numel() for p in make_model(tok, size="tiny").parameters())
+    medium = sum(p.numel() for p in make_model(tok, size="medium").parameters())
+    assert tiny < 200_000  # the CPU default
+    assert 20_000_000 < medium < 60_000_000  # tens of millions: worth a GPU

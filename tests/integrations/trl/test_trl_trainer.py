@@ -383,3 +383,76 @@ def test_config_temperature_warns_that_the_controller_decides(tokenizer, model, 
             processing_class=tokenizer,
             controller=mc.TAMPO(seed=0),
         )
+
+
+# --- informative fraction: the Outcome reward "groups that teach something" ----------------------
+
+
+def test_informative_fraction_counts_groups_with_unequal_rewards():
+    from metactl.integrations.trl._round import informative_fraction
+
+    nan = float("nan")
+    rewards = [
+        *(1.0, 1.0, 1.0, 1.0),  # solved by every completion: zero advantage
+        *(0.0, 0.0, 0.0, 0.0),  # failed by every completion: zero advantage
+        *(0.0, 1.0, 0.0, 0.0),  # mixed: teaches
+        *(0.5, nan, 0.5, 0.7),  # mixed among the scored completions: teaches
+        *(0.3, nan, nan, nan),  # one scored completion: nothing to compare
+    ]
+    assert informative_fraction(rewards, 4) == pytest.approx(2 / 5)
+    assert informative_fraction(torch.tensor(rewards), 4) == pytest.approx(2 / 5)
+    assert informative_fraction([0.0, 1.0], 1) == 0.0  # a group of one never differs
+    with pytest.raises(ValueError, match="group_size=3"):
+        informative_fraction(rewards, 3)
+
+
+def first_char_is_digit(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
+    """A binary reward, so that some groups are all-equal and others mixed."""
+    return [float(c[:1].isdigit()) for c in completions]
+
+
+def test_ucb_learns_from_the_informative_fraction(tokenizer, model, tmp_path):
+    controller = mc.SlidingWindowUCB(mc.Discrete([0.7, 1.0, 1.3]), seed=0)
+    received: list[float] = []
+    update = controller.update
+
+    def recording_update(feedback: Any) -> Any:
+        received.append(feedback.reward)
+        return update(feedback)
+
+    controller.update = recording_update
+    args = make_config(
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=16,
+        steps_per_generation=1,
+        gradient_accumulation_steps=1,
+    )
+    trainer = MetaGRPOTrainer(
+        model=model,
+        reward_funcs=first_char_is_digit,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=controller,
+        outcome="informative_fraction",
+    )
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "meta/informative_fraction" in h]
+    assert len(received) == 3 and len(logged) == 3
+    assert received == pytest.approx([h["meta/informative_fraction"] for h in logged])
+    assert all(r in (0.0, 0.25, 0.5, 0.75, 1.0) for r in received)  # 4 prompt groups a round
+    # TRL's own count of zero-advantage groups agrees (one process).
+    assert received == pytest.approx([1.0 - h["frac_reward_zero_std"] for h in logged])
+
+
+def test_outcome_must_be_a_known_signal(tokenizer, model, tmp_path):
+    with pytest.raises(ValueError, match=r"outcome: expected .*'mean_reward'.*got 'accuracy'"):
+        MetaGRPOTrainer(
+            model=model,
+            reward_funcs=digit_reward,
+            args=make_config(tmp_path),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+            outcome="accuracy",  # type: ignore[arg-type]
+        )
