@@ -99,7 +99,7 @@ def _run(
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
     # The job's own progress bar is the only one (no "Loading weights" bars per run).
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()
     print(
         f"metactl: {len(cfg.controllers)} controllers x {len(cfg.seed_list())} seeds, "
         f"{cfg.steps} GRPO steps each, task {cfg.task} (difficulty {cfg.difficulty}), "

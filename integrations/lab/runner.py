@@ -236,7 +236,7 @@ def _callbacks(
     tok = model_tok[1]
     gen = torch.Generator().manual_seed(10_000 + seed)
 
-    class Recorder(TrainerCallback):
+    class Recorder(TrainerCallback):  # type: ignore[misc]  # transformers is Any to mypy
         """Writes TRL's logs, evaluates held-out accuracy and probes rollouts."""
 
         def __init__(self) -> None:
@@ -407,7 +407,7 @@ def _run_in_worker(
     # Workers run side by side on the CPU cores: one thread each avoids oversubscription.
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()
     cfg = CompareConfig.model_validate(cfg_data)
     return run_one(cfg, index, seed, Path(run_dir), device=device)
 

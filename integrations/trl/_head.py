@@ -87,7 +87,7 @@ def refit_fused_head(
     del model.forward  # back to the class's forward, then let TRL patch it again
     add_fused_lm_head(
         model,
-        temperature=temperature,  # type: ignore[arg-type]  # TRL only computes 1 / temperature
+        temperature=temperature,  # TRL only computes 1 / temperature
         cast_lm_head_to_fp32=cast_lm_head_to_fp32,
         outputs=outputs,
     )
@@ -127,7 +127,7 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
                 implementation=implementation,
             )
             with fold.installed():
-                got = ChunkedLogProbFunction.apply(  # type: ignore[no-untyped-call]
+                got = ChunkedLogProbFunction.apply(
                     hidden, weight, None, targets, temp, 3, None, 1.0, ()
                 )[0]
             want = torch.log_softmax(logits / value, -1).gather(-1, targets[:, None])[:, 0]

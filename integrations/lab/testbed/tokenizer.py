@@ -31,7 +31,7 @@ def make_tokenizer() -> Any:
     # One token per character, spaces included.
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD,
         bos_token=BOS,
