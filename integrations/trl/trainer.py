@@ -28,6 +28,7 @@ from accelerate.utils import broadcast, is_peft_model
 from trl import GRPOTrainer
 
 import metactl as mc
+from metactl.integrations.torch._dispatch import IMPLEMENTATIONS, Implementation
 
 from ._head import RoundTemperature, VirtualScoreTap, check_kernel, refit_fused_head
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
@@ -126,6 +127,10 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             and teaches nothing). Both are computed over the whole round, gathered across
             processes. The fraction is logged every round as ``meta/informative_fraction``
             whatever the controller.
+        fold_implementation: what folds TRL's logits tiles into the virtual-temperature scores:
+            ``"auto"`` (default: the Triton kernel on CUDA/XPU, chunked torch code on CPU),
+            ``"torch"`` or ``"triton"``; probed on the policy's device at construction. On a GPU
+            without Triton ``"auto"`` raises rather than run the 100x slower torch code.
 
     Raises:
         TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
@@ -152,7 +157,13 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         *,
         controller: mc.Controller | None = None,
         outcome: OutcomeSignal = "mean_reward",
+        fold_implementation: Implementation = "auto",
     ) -> None:
+        if fold_implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"fold_implementation: expected one of {list(IMPLEMENTATIONS)}, "
+                f"got {fold_implementation!r}"
+            )
         if outcome not in OUTCOME_SIGNALS:
             raise ValueError(f"outcome: expected one of {list(OUTCOME_SIGNALS)}, got {outcome!r}")
         self.outcome: OutcomeSignal = outcome
@@ -204,8 +215,10 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
                 outputs=("log_probs",),
             )
-        check_kernel(policy.get_output_embeddings().weight.device)
-        self._tap = VirtualScoreTap(policy)
+        check_kernel(
+            policy.get_output_embeddings().weight.device, implementation=fold_implementation
+        )
+        self._tap = VirtualScoreTap(policy, implementation=fold_implementation)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
 

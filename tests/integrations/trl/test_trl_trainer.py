@@ -456,3 +456,24 @@ def test_outcome_must_be_a_known_signal(tokenizer, model, tmp_path):
             processing_class=tokenizer,
             outcome="accuracy",  # type: ignore[arg-type]
         )
+
+
+def test_fold_implementation_is_checked_at_construction(tokenizer, model, tmp_path):
+    def build(implementation: Any) -> MetaGRPOTrainer:
+        return MetaGRPOTrainer(
+            model=model,
+            reward_funcs=digit_reward,
+            args=make_config(tmp_path),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+            controller=mc.TAMPO(seed=0),
+            fold_implementation=implementation,
+        )
+
+    with pytest.raises(ValueError, match="fold_implementation.*'cuda'"):
+        build("cuda")
+    # the kernel cannot run on this CPU model outside Triton's interpreter: refused up front
+    pytest.importorskip("triton")
+    with pytest.raises(ValueError, match="implementation=.triton. runs on CUDA or XPU"):
+        build("triton")
+    assert build("torch")._tap.implementation == "torch"
