@@ -7,7 +7,7 @@ accelerate so that every process builds the identical feedback::
 
     stats = RoundStats(decision)
     stats.add_rollouts(sums, counts, advantages)       # per micro-batch, local rows
-    feedback = stats.feedback(controller.accepts, accelerator)
+    feedback = stats.feedback(mc.preferred_feedback(controller, TRL_FEEDBACK), accelerator)
     metrics = controller.update(feedback)
 """
 
@@ -44,17 +44,20 @@ class RoundStats:
         """The (already process-reduced) mean token entropy of one micro-batch."""
         self._entropy.append(entropy)
 
-    def feedback(
-        self, accepts: tuple[type, ...], accelerator: Any
-    ) -> tuple[mc.Feedback | None, dict[str, float]]:
-        """The feedback this round gives a controller accepting ``accepts``, identical on every rank.
+    def feedback(self, kind: type, accelerator: Any) -> tuple[mc.Feedback | None, dict[str, float]]:
+        """The round's feedback of type ``kind``, identical on every rank.
+
+        Args:
+            kind: Counterfactual, Outcome or EntropyObservation, as chosen for the controller by
+                :func:`metactl.preferred_feedback`.
+            accelerator: gathers the rows of every process.
 
         Returns:
             ``(feedback or None, extra metrics)``. None when the round left nothing to learn from
             (e.g. every completion was masked out).
         """
         d = self.decision
-        if mc.Counterfactual in accepts:
+        if kind is mc.Counterfactual:
             if not self._sums:
                 return None, {}
             sums = accelerator.gather(torch.cat(self._sums)).double().cpu()
@@ -68,18 +71,17 @@ class RoundStats:
             return mc.Counterfactual(d, loglik, advantages), preferred_metrics(
                 loglik, advantages, d.virtual
             )
-        if mc.Outcome in accepts:
+        if kind is mc.Outcome:
             if self.reward is None or not math.isfinite(self.reward):
                 return None, {}
             return mc.Outcome(d, self.reward), {}
-        if mc.EntropyObservation in accepts:
+        if kind is mc.EntropyObservation:
             if not self._entropy:
                 return None, {}
             return mc.EntropyObservation(d, float(np.mean(self._entropy))), {}
-        names = ", ".join(t.__name__ for t in accepts)
         raise TypeError(
-            f"MetaGRPOTrainer can give a controller Counterfactual, Outcome or EntropyObservation "
-            f"feedback; this controller accepts only {names}"
+            f"RoundStats.feedback: a round gives Counterfactual, Outcome or EntropyObservation "
+            f"feedback, not {kind.__name__}"
         )
 
 
