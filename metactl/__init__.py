@@ -13,6 +13,7 @@ already made. See ``docs/concepts.md`` for the loop::
 
 from metactl import testing
 from metactl.controllers import (
+    FEEDBACK_PRIORITY,
     PAPER_TEMPERATURES,
     TAMPO,
     BaseController,
@@ -23,8 +24,9 @@ from metactl.controllers import (
     Metrics,
     Schedule,
     SlidingWindowUCB,
+    preferred_feedback,
 )
-from metactl.errors import DependencyNotInstalled
+from metactl.errors import DependencyNotInstalled, IncompatibleController
 from metactl.feedback import (
     Counterfactual,
     Decision,
@@ -34,10 +36,12 @@ from metactl.feedback import (
     Outcomes,
 )
 from metactl.spaces import Box, Discrete, Space
+from metactl.temperature import check_temperature_controller
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FEEDBACK_PRIORITY",
     "PAPER_TEMPERATURES",
     "TAMPO",
     "BaseController",
@@ -51,6 +55,7 @@ __all__ = [
     "EntropyTarget",
     "Feedback",
     "Fixed",
+    "IncompatibleController",
     "MetaGradient",
     "Metrics",
     "Outcome",
@@ -59,5 +64,7 @@ __all__ = [
     "SlidingWindowUCB",
     "Space",
     "__version__",
+    "check_temperature_controller",
+    "preferred_feedback",
     "testing",
 ]

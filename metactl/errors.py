@@ -24,3 +24,13 @@ def require(module: str, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise DependencyNotInstalled(module, extra)
+
+
+class IncompatibleController(TypeError, ValueError):
+    """A controller cannot drive what an integration asks of it.
+
+    Raised when it is not a metactl controller, when its arms are not values the integration
+    can use (e.g. a sampling temperature must be finite and > 0), or when it learns from no
+    feedback the integration can build. It is both a ``TypeError`` and a ``ValueError`` so that
+    code catching either, as integrations did before this class existed, still catches it.
+    """

@@ -43,3 +43,16 @@ def test_fingerprints_differ_and_are_stable() -> None:
     assert mc.Discrete([1.0, 2.0]).fingerprint == mc.Discrete([1.0, 2.0]).fingerprint
     assert mc.Discrete([1.0, 2.0]).fingerprint != mc.Discrete([2.0, 1.0]).fingerprint
     assert mc.Box(0.3, 3.0).fingerprint != mc.Box(0.3, 3.0, log=True).fingerprint
+
+
+@pytest.mark.parametrize(
+    ("space", "text"),
+    [
+        (mc.Discrete([0.6, 1.0, 1.4]), "Discrete([0.6, 1.0, 1.4])"),
+        (mc.Box(0.3, 3.0, log=True), "Box(0.3, 3.0, log=True)"),
+        (mc.Box(-1, 2), "Box(-1.0, 2.0, log=False)"),
+    ],
+)
+def test_repr_is_readable_and_rebuilds_the_space(space: mc.Space, text: str) -> None:
+    assert repr(space) == text
+    assert eval(text, vars(mc)) == space

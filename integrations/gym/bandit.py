@@ -83,6 +83,7 @@ class BanditEnv(gym.Env[np.ndarray, np.int64]):
         # The task has its own RNG so that reset(seed) changes the reward noise, not the task.
         task_rng = np.random.default_rng([self.task_seed, self.num_arms])
         self.payoffs = np.ones(self.num_arms)
+        self.needle_arm: int | None
         if variant == "needle":
             self.needle_arm = int(task_rng.integers(self.num_arms))
             self._base_probs = task_rng.uniform(0.2, 0.5, size=self.num_arms)

@@ -27,10 +27,11 @@ from metactl.errors import require
 require("torch", "gym")
 require("gymnasium", "gym")
 
+from metactl.integrations.ppo.config import PPOConfig  # noqa: E402
 from metactl.integrations.ppo.policy import ActorCritic, PolicyOutput  # noqa: E402
 from metactl.integrations.ppo.ppo import (  # noqa: E402
     PPO,
-    PPOConfig,
+    PPO_FEEDBACK,
     Rollout,
     compute_gae,
     virtual_loglik,
@@ -38,6 +39,7 @@ from metactl.integrations.ppo.ppo import (  # noqa: E402
 
 __all__ = [
     "PPO",
+    "PPO_FEEDBACK",
     "ActorCritic",
     "PPOConfig",
     "PolicyOutput",

@@ -1,4 +1,8 @@
-"""Exact save/restore of a ``SyncVectorEnv`` mid-episode, without pickling environments.
+"""Where a run stands in its vector environment, and its exact save/restore without pickling.
+
+:class:`EnvCursor` is what PPO keeps between steps: the next observation, which
+sub-environments reset on the next step, each running episode's return and length, and (for a
+``SyncVectorEnv``) an :class:`EpisodeLog` that restores the environments exactly.
 
 An environment's internal state (a cart's velocity, a time limit's step counter) has no
 portable serialisation, but it is a function of where its episode started and the actions
@@ -19,20 +23,22 @@ Everything is JSON: RNG states are dicts of ints, actions lists of numbers.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import SyncVectorEnv
 
-__all__ = ["EpisodeLog"]
+__all__ = ["EnvCursor", "EnvStep", "EpisodeLog"]
 
 
-def _rng_state(env: gym.Env) -> dict[str, Any]:
-    return copy.deepcopy(env.unwrapped.np_random.bit_generator.state)
+def _rng_state(env: gym.Env[Any, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(env.unwrapped.np_random.bit_generator.state))
 
 
-def _persistent_state(env: gym.Env) -> Any:
+def _persistent_state(env: gym.Env[Any, Any]) -> Any:
     getter = getattr(env.unwrapped, "get_persistent_state", None)
     return getter() if callable(getter) else None
 
@@ -101,6 +107,8 @@ class EpisodeLog:
                 f"envs has {self.envs.num_envs}"
             )
         space = self.envs.single_action_space
+        dtype = space.dtype
+        assert dtype is not None  # Discrete and Box action spaces, the ones PPO takes, have one
         for i, env in enumerate(self.envs.envs):
             start = starts[i]
             if "seed" in start:
@@ -116,7 +124,7 @@ class EpisodeLog:
                     continue
                 obs, _ = env.reset()
             for a in actions[i]:
-                action = np.asarray(a, dtype=space.dtype) if space.shape else space.dtype.type(a)
+                action = np.asarray(a, dtype=dtype) if space.shape else dtype.type(a)
                 obs, *_ = env.step(action)
             if not np.array_equal(np.asarray(obs), np.asarray(observations[i])):
                 raise RuntimeError(
@@ -129,3 +137,109 @@ class EpisodeLog:
         self.envs._autoreset_envs = np.asarray(autoreset, dtype=np.bool_).copy()
         self.starts = copy.deepcopy(starts)
         self.actions = copy.deepcopy(actions)
+
+
+@dataclass
+class EnvStep:
+    """One step of every sub-environment, as a rollout records it.
+
+    Attributes:
+        reward, terminated, truncated: ``[N]`` what the vector env returned.
+        stepped: ``[N]`` bool; False where the vector env spent the step resetting an episode
+            that ended on the previous step (gymnasium's next-step autoreset ignores the action
+            there, so that row is not a transition).
+        finished: ``(return, length)`` of each episode that ended at this step, in
+            sub-environment order.
+    """
+
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    stepped: np.ndarray
+    finished: list[tuple[float, int]]
+
+
+class EnvCursor:
+    """Where a run stands in a next-step-autoreset vector env between two steps.
+
+    Resets ``envs`` with ``seed`` on construction. Exact save and restore needs a
+    ``SyncVectorEnv`` (possibly inside vector wrappers): its sub-environments are logged and
+    replayed; any other vector env can only be restarted from a seed (``log`` is None).
+
+    Attributes:
+        obs: the observation the next action is chosen from.
+        autoreset: ``[N]`` bool, sub-environments whose episode ended on the last step.
+        episode_return, episode_length: ``[N]`` of each sub-environment's running episode.
+        log: the replay log, or None when the sub-environments are not in this process.
+        vector_wrapped: ``envs`` wraps the ``SyncVectorEnv`` (such wrappers' state is not saved).
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, seed: int) -> None:
+        self.envs = envs
+        num_envs = int(envs.num_envs)
+        self.obs, _ = envs.reset(seed=seed)
+        self.autoreset = np.zeros(num_envs, dtype=bool)
+        self.episode_return = np.zeros(num_envs, dtype=np.float64)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+        base = envs.unwrapped
+        self.log: EpisodeLog | None = None
+        if isinstance(base, SyncVectorEnv):
+            self.log = EpisodeLog(base, [seed + i for i in range(num_envs)])
+        self.vector_wrapped = base is not envs
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        """Step every sub-environment with ``actions`` and account for the episodes that end."""
+        stepped = ~self.autoreset
+        obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        done = np.logical_or(terminated, truncated)
+        self.episode_return += np.where(stepped, reward, 0.0)
+        self.episode_length += stepped
+        finished = [
+            (float(self.episode_return[i]), int(self.episode_length[i]))
+            for i in np.flatnonzero(done)
+        ]
+        self.episode_return[done] = 0.0
+        self.episode_length[done] = 0
+        if self.log is not None:
+            self.log.record_step(actions, stepped, done)
+        self.obs = obs
+        self.autoreset = done
+        return EnvStep(reward, terminated, truncated, stepped, finished)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON: pending resets, running returns and lengths, the replay log (None without one).
+
+        The observation is not included: it is an array, saved as a tensor beside this.
+        """
+        return {
+            "autoreset": self.autoreset.tolist(),
+            "episode_return": self.episode_return.tolist(),
+            "episode_length": self.episode_length.tolist(),
+            "env_log": self.log.state_dict() if self.log is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], obs: np.ndarray, reset_seed: int) -> bool:
+        """Bring the environments back to a :meth:`state_dict` taken when ``obs`` was next.
+
+        With a replay log (now and when saved) the sub-environments are replayed to that exact
+        point. Without one they can only restart: ``envs.reset(seed=reset_seed)``.
+
+        Returns:
+            Whether the environments were restored exactly.
+
+        Raises:
+            ValueError, RuntimeError: from :meth:`EpisodeLog.restore`.
+        """
+        autoreset = np.asarray(state["autoreset"], dtype=bool)
+        if self.log is not None and state["env_log"] is not None:
+            self.log.restore(state["env_log"], obs, autoreset)
+            exact = True
+        else:
+            obs, _ = self.envs.reset(seed=reset_seed)
+            autoreset = np.zeros(int(self.envs.num_envs), dtype=bool)
+            exact = False
+        self.obs = obs
+        self.autoreset = autoreset
+        self.episode_return = np.asarray(state["episode_return"], dtype=np.float64)
+        self.episode_length = np.asarray(state["episode_length"], dtype=np.int64)
+        return exact

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ __all__ = ["ActorCritic", "PolicyOutput", "encoded_size"]
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def encoded_size(space: spaces.Space) -> int:
+def encoded_size(space: spaces.Space[Any]) -> int:
     """Length of the flat float vector :meth:`ActorCritic.encode` makes of an observation.
 
     Raises:
@@ -97,8 +98,9 @@ class PolicyOutput:
 
 
 def _linear(n_in: int, n_out: int, gain: float, generator: torch.Generator) -> nn.Linear:
-    # skip_init: nn.Linear's default init would draw from (and advance) torch's global RNG.
-    layer = torch.nn.utils.skip_init(nn.Linear, n_in, n_out)
+    # Built on the meta device, then allocated uninitialised (what torch.nn.utils.skip_init
+    # does): nn.Linear's default init would draw from (and advance) torch's global RNG.
+    layer = nn.Linear(n_in, n_out, device="meta").to_empty(device="cpu")
     nn.init.orthogonal_(layer.weight, gain, generator=generator)
     nn.init.zeros_(layer.bias)
     return layer
@@ -135,8 +137,8 @@ class ActorCritic(nn.Module):
 
     def __init__(
         self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
         hidden_sizes: Sequence[int] = (64, 64),
         *,
         generator: torch.Generator,
@@ -170,7 +172,7 @@ class ActorCritic(nn.Module):
         Box observations are flattened; Discrete and MultiDiscrete ones are one-hot encoded
         (a discrete state id is a category, not a magnitude).
         """
-        device = self.critic[0].weight.device
+        device = next(self.critic.parameters()).device
         x = torch.as_tensor(np.asarray(obs), device=device)
         space = self.observation_space
         if isinstance(space, spaces.Box):
@@ -187,7 +189,8 @@ class ActorCritic(nn.Module):
 
     def value(self, features: Tensor) -> Tensor:
         """``V(s)`` per row, ``[B]``."""
-        return self.critic(features).squeeze(-1)
+        values: Tensor = self.critic(features)
+        return values.squeeze(-1)
 
     def policy(self, features: Tensor) -> PolicyOutput:
         """The untempered policy at ``features``."""

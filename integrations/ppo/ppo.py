@@ -15,109 +15,32 @@ One iteration, top to bottom (:meth:`PPO.iterate`):
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from gymnasium.vector import AutoresetMode
 from torch import Tensor
 
-from metactl.controllers.base import Controller
+from metactl.controllers.base import Controller, preferred_feedback
 from metactl.feedback import Counterfactual, EntropyObservation, Feedback, Outcome, Outcomes
-from metactl.integrations.ppo.envstate import EpisodeLog
+from metactl.integrations.ppo.checkpoint import checkpoint_state, restore_checkpoint
+from metactl.integrations.ppo.config import PPOConfig
+from metactl.integrations.ppo.envstate import EnvCursor
 from metactl.integrations.ppo.policy import ActorCritic, PolicyOutput
 from metactl.integrations.torch import temperature_loglik
-from metactl.spaces import Box, Discrete
+from metactl.temperature import check_temperature, check_temperature_controller
 
-__all__ = ["PPO", "PPOConfig", "Rollout", "compute_gae", "virtual_loglik"]
+__all__ = ["PPO", "PPO_FEEDBACK", "PPOConfig", "Rollout", "compute_gae", "virtual_loglik"]
 
-CHECKPOINT_FORMAT_VERSION = 1
-SUPPORTED_FEEDBACK = (Counterfactual, Outcome, Outcomes, EntropyObservation)
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyperparameters (CleanRL's ``ppo.py`` defaults unless noted).
-
-    Attributes:
-        num_steps: steps per sub-environment per rollout.
-        learning_rate: Adam step size (eps 1e-5).
-        anneal_lr_timesteps: if set, the learning rate decays linearly to 0 over this many
-            environment steps (CleanRL anneals over the whole run).
-        gamma: discount.
-        gae_lambda: GAE's lambda.
-        num_minibatches: minibatches per epoch.
-        update_epochs: passes over each rollout.
-        norm_adv: normalise advantages per minibatch in the policy loss.
-        clip_coef: the surrogate's clip range.
-        clip_vloss: clip the value loss around the old values.
-        ent_coef: weight of the entropy bonus (entropy of pi_T, the behaviour policy).
-        vf_coef: weight of the value loss.
-        max_grad_norm: gradient-norm clip.
-        target_kl: stop the epochs early once the approximate KL exceeds this.
-        hidden_sizes: hidden widths of the actor and critic MLPs.
-        meta_advantages: advantages handed to the controller: "normalized" (zero mean, unit
-            std over the rollout's steps, the analogue of GRPO's group normalisation) or "raw".
-    """
-
-    num_steps: int = 128
-    learning_rate: float = 2.5e-4
-    anneal_lr_timesteps: int | None = None
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    num_minibatches: int = 4
-    update_epochs: int = 4
-    norm_adv: bool = True
-    clip_coef: float = 0.2
-    clip_vloss: bool = True
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = None
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    meta_advantages: Literal["normalized", "raw"] = "normalized"
-
-    def __post_init__(self) -> None:
-        positive_ints = ("num_steps", "num_minibatches", "update_epochs")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"PPOConfig({name}): must be an integer >= 1, got {value!r}")
-        for name in ("learning_rate", "clip_coef", "max_grad_norm"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"PPOConfig({name}): must be finite and > 0, got {value!r}")
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"PPOConfig({name}): must be in [0, 1], got {value!r}")
-        for name in ("ent_coef", "vf_coef"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"PPOConfig({name}): must be finite and >= 0, got {value!r}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ValueError(f"PPOConfig(target_kl): must be > 0 or None, got {self.target_kl!r}")
-        if self.anneal_lr_timesteps is not None and not self.anneal_lr_timesteps >= 1:
-            raise ValueError(
-                "PPOConfig(anneal_lr_timesteps): must be >= 1 or None, "
-                f"got {self.anneal_lr_timesteps!r}"
-            )
-        if self.meta_advantages not in ("normalized", "raw"):
-            raise ValueError(
-                "PPOConfig(meta_advantages): must be 'normalized' or 'raw', "
-                f"got {self.meta_advantages!r}"
-            )
-        object.__setattr__(self, "hidden_sizes", tuple(int(w) for w in self.hidden_sizes))
+PPO_FEEDBACK = (Counterfactual, Outcome, Outcomes, EntropyObservation)
+"""The feedback PPO can build; :func:`metactl.preferred_feedback` picks one per controller."""
 
 
 @dataclass
@@ -226,58 +149,15 @@ def virtual_loglik(policy: PolicyOutput, actions: Tensor, temperatures: Sequence
         return torch.stack(columns, dim=-1).float()
 
 
-def _check_temperature(value: Any, where: str) -> float:
-    try:
-        temperature = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"temperature: {where} must be a number, got {value!r}") from exc
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: {where} must be finite and > 0, got {temperature}")
-    return temperature
-
-
-def _check_controller(controller: Any) -> Controller:
-    for attr in ("sample", "update", "state_dict", "load_state_dict", "accepts", "space"):
-        if not hasattr(controller, attr):
-            raise ValueError(
-                f"controller: expected a metactl controller (sample/update/state_dict/"
-                f"load_state_dict/accepts/space), {type(controller).__name__} has no {attr!r}"
-            )
-    space = controller.space
-    # The knob is the sampling temperature: continuous and strictly positive. Discrete arms
-    # and Box ranges both work, for discrete and Gaussian actions alike; only T <= 0 is
-    # meaningless (logits / 0, std * 0).
-    if isinstance(space, Discrete):
-        bad = [float(v) for v in space.values if not v > 0]
-        if bad:
-            raise ValueError(
-                f"controller: its Discrete temperatures must all be > 0, got {bad} in {space}"
-            )
-    elif isinstance(space, Box):
-        if not space.low > 0:
-            raise ValueError(
-                f"controller: a Box temperature range must have low > 0, got {space}; "
-                "use e.g. mc.Box(0.3, 3.0, log=True)"
-            )
-    else:
-        raise ValueError(f"controller: space must be a metactl Discrete or Box, got {space!r}")
-    if not any(t in SUPPORTED_FEEDBACK for t in controller.accepts):
-        names = ", ".join(getattr(t, "__name__", str(t)) for t in controller.accepts)
-        raise ValueError(
-            f"controller: {type(controller).__name__} accepts only {names}; PPO can build "
-            "Counterfactual, Outcome, Outcomes or EntropyObservation feedback"
-        )
-    return controller
-
-
 class PPO:
     """PPO with a critic on a gymnasium vector env, its temperature set by a controller.
 
     The adapter owns the network, the optimiser and one ``torch.Generator`` (initialisation,
     action sampling, minibatch shuffles); the controller and the environments are the
-    caller's. Any metactl controller plugs in: the adapter builds the feedback types listed
-    in ``controller.accepts`` (Counterfactual first; else Outcome with the rollout's mean
-    episodic return; else EntropyObservation). Nothing here reads or advances a global RNG.
+    caller's. Any metactl controller plugs in: the adapter builds the feedback
+    :func:`metactl.preferred_feedback` picks from :data:`PPO_FEEDBACK` (Counterfactual first;
+    else Outcome or Outcomes with the rollout's mean episodic return; else
+    EntropyObservation). Nothing here reads or advances a global RNG.
 
     Example:
         >>> envs = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
@@ -296,9 +176,11 @@ class PPO:
         device: where the network lives.
 
     Raises:
-        ValueError: naming the argument: unsupported spaces or autoreset mode (``envs``),
-            non-positive temperatures or unusable feedback (``controller``), an agent built
-            for other spaces (``agent``), or a config that does not fit the batch.
+        ValueError: naming the argument: unsupported spaces or autoreset mode (``envs``), an
+            agent built for other spaces (``agent``), or a config that does not fit the batch.
+        metactl.IncompatibleController: (a ``ValueError``) a controller whose arms are not
+            positive temperatures or that learns from no feedback PPO builds
+            (see :func:`metactl.check_temperature_controller`).
     """
 
     def __init__(
@@ -335,7 +217,7 @@ class PPO:
                 f"num_minibatches: {self.config.num_minibatches} minibatches do not fit a rollout "
                 f"of num_steps * num_envs = {self.config.num_steps} * {self.num_envs} = {batch} steps"
             )
-        self.controller = _check_controller(controller)
+        self.controller = check_temperature_controller(controller, PPO_FEEDBACK)
         self.device = torch.device(device)
         self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
@@ -366,17 +248,8 @@ class PPO:
         self.global_step = 0
         #: every finished episode: (global step at its end, return, length).
         self.episodes: list[tuple[int, float, int]] = []
-        obs, _ = envs.reset(seed=self.seed)
-        self._next_obs = obs
-        self._autoreset = np.zeros(self.num_envs, dtype=bool)
-        self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
-        self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
-        # Replaying episodes needs the sub-environments in this process.
-        self._log: EpisodeLog | None = None
-        base = envs.unwrapped
-        if isinstance(base, SyncVectorEnv):
-            self._log = EpisodeLog(base, [self.seed + i for i in range(self.num_envs)])
-        self._vector_wrapped = base is not envs
+        #: where the run stands in ``envs``: next observation, running episodes, replay log.
+        self.env_cursor = EnvCursor(envs, self.seed)
 
     # --- one iteration ------------------------------------------------------------
     def iterate(self) -> dict[str, float]:
@@ -391,7 +264,7 @@ class PPO:
             ValueError: the controller proposed a temperature that is not finite and > 0.
         """
         decision = self.controller.sample()
-        temperature = _check_temperature(decision.value, "the controller's decision.value")
+        temperature = check_temperature(decision.value, "the controller's decision.value")
         rollout = self.collect(temperature)
         metrics: dict[str, float] = {"temperature": temperature}
         feedback = self.meta_feedback(decision, rollout)
@@ -439,7 +312,7 @@ class PPO:
         Returns:
             The :class:`Rollout`, with GAE advantages and returns filled in.
         """
-        temperature = _check_temperature(temperature, "collect(temperature)")
+        temperature = check_temperature(temperature, "collect(temperature)")
         num_steps, n = self.config.num_steps, self.num_envs
         agent = self.agent
         features, actions, logprobs, values = [], [], [], []
@@ -451,7 +324,7 @@ class PPO:
         episode_returns: list[float] = []
         episode_lengths: list[int] = []
         for t in range(num_steps):
-            x = agent.encode(self._next_obs)
+            x = agent.encode(self.env_cursor.obs)
             policy = agent.policy(x)
             action = policy.sample(temperature, self.generator)
             features.append(x)
@@ -463,27 +336,17 @@ class PPO:
             if self._action_low is not None:
                 # The env gets a clipped action; the log-probs keep the sampled one.
                 env_action = np.clip(env_action, self._action_low, self._action_high)
-            stepped = ~self._autoreset
-            obs, reward, term, trunc, _ = self.envs.step(env_action)
-            done = np.logical_or(term, trunc)
-            valid[t] = stepped
-            rewards[t], terminated[t], truncated[t] = reward, term, trunc
-            self._episode_return += np.where(stepped, reward, 0.0)
-            self._episode_length += stepped
-            for i in np.flatnonzero(done):
-                episode_returns.append(float(self._episode_return[i]))
-                episode_lengths.append(int(self._episode_length[i]))
+            step = self.env_cursor.step(env_action)
+            valid[t] = step.stepped
+            rewards[t], terminated[t], truncated[t] = step.reward, step.terminated, step.truncated
+            for episode_return, episode_length in step.finished:
+                episode_returns.append(episode_return)
+                episode_lengths.append(episode_length)
                 self.episodes.append(
-                    (self.global_step + (t + 1) * n, episode_returns[-1], episode_lengths[-1])
+                    (self.global_step + (t + 1) * n, episode_return, episode_length)
                 )
-            self._episode_return[done] = 0.0
-            self._episode_length[done] = 0
-            if self._log is not None:
-                self._log.record_step(env_action, stepped, done)
-            self._next_obs = obs
-            self._autoreset = done
         self.global_step += num_steps * n
-        next_value = agent.value(agent.encode(self._next_obs))
+        next_value = agent.value(agent.encode(self.env_cursor.obs))
 
         stacked = _stack_policy(outputs)
         rollout = Rollout(
@@ -525,34 +388,32 @@ class PPO:
         - EntropyObservation: the mean entropy of ``pi_T`` over the valid steps (None if it
           is not positive, as a Gaussian's differential entropy can be).
         """
-        accepts = tuple(self.controller.accepts)
+        kind = preferred_feedback(self.controller, PPO_FEEDBACK)
         idx = rollout.valid_index()
-        if Counterfactual in accepts:
+        if kind is Counterfactual:
             if idx.numel() == 0:
                 return None
             virtual = np.asarray(decision.virtual, dtype=np.float64)
             for t in virtual:
-                _check_temperature(t, "every decision.virtual temperature")
+                check_temperature(t, "every decision.virtual temperature")
             actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])[idx]
             loglik = virtual_loglik(_index_policy(rollout.policy, idx), actions, virtual.tolist())
             adv = rollout.advantages.reshape(-1)[idx].double()
             if self.config.meta_advantages == "normalized" and adv.numel() > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             return Counterfactual(decision, loglik.double().cpu().numpy(), adv.cpu().numpy())
-        if Outcome in accepts or Outcomes in accepts:
+        if kind is Outcome or kind is Outcomes:
             if not rollout.episode_returns:
                 return None
             reward = float(np.mean(rollout.episode_returns))
-            if Outcome in accepts:
+            if kind is Outcome:
                 return Outcome(decision, reward)
             return Outcomes((decision,), np.array([reward]))
-        if EntropyObservation in accepts:
-            policy = _index_policy(rollout.policy, idx)
-            entropy = float(policy.entropy(rollout.temperature).mean()) if idx.numel() else 0.0
-            if not (math.isfinite(entropy) and entropy > 0):
-                return None
-            return EntropyObservation(decision, entropy)
-        return None  # unreachable: _check_controller requires a supported type
+        policy = _index_policy(rollout.policy, idx)  # EntropyObservation
+        entropy = float(policy.entropy(rollout.temperature).mean()) if idx.numel() else 0.0
+        if not (math.isfinite(entropy) and entropy > 0):
+            return None
+        return EntropyObservation(decision, entropy)
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
         """Clipped-surrogate PPO epochs on the valid rows of ``rollout``.
@@ -622,7 +483,7 @@ class PPO:
                 entropy_loss = entropy.mean()
                 loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
                 self.optimizer.zero_grad()
-                loss.backward()
+                torch.autograd.backward(loss)
                 torch.nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
             if cfg.target_kl is not None and float(approx_kl) > cfg.target_kl:
@@ -643,48 +504,16 @@ class PPO:
         )
         return metrics
 
-    # --- checkpoints -------------------------------------------------------------
+    # --- checkpoints (the format is in checkpoint.py) ---------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the run identically, as tensors, numbers and strings.
 
         Model and optimiser state dicts and the generator state are tensors; the controller
         state, the progress counters and the environment replay log are JSON strings. Load
-        with ``torch.load(path, weights_only=True)``; nothing is pickled.
+        with ``torch.load(path, weights_only=True)``; nothing is pickled. Warns when the
+        environments' state cannot be saved exactly (envs is not a ``SyncVectorEnv``).
         """
-        if self._log is None:
-            warnings.warn(
-                "PPO.state_dict: envs is not a SyncVectorEnv, so the environments' state is not "
-                "saved; a resumed run restarts their episodes and will not match exactly",
-                stacklevel=2,
-            )
-        elif self._vector_wrapped:
-            warnings.warn(
-                "PPO.state_dict: the state of vector-level wrappers around the SyncVectorEnv is "
-                "not saved (per-environment wrappers are); a resumed run matches exactly only if "
-                "they hold none",
-                stacklevel=2,
-            )
-        progress = {
-            "iteration": self.iteration,
-            "global_step": self.global_step,
-            "seed": self.seed,
-            "num_envs": self.num_envs,
-            "config": dataclasses.asdict(self.config),
-            "autoreset": self._autoreset.tolist(),
-            "episode_return": self._episode_return.tolist(),
-            "episode_length": self._episode_length.tolist(),
-            "episodes": [list(e) for e in self.episodes],
-            "env_log": self._log.state_dict() if self._log is not None else None,
-        }
-        return {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "agent": self.agent.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "next_obs": torch.as_tensor(np.asarray(self._next_obs)).clone(),
-            "controller": json.dumps(self.controller.state_dict()),
-            "progress": json.dumps(progress),
-        }
+        return checkpoint_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` into this adapter, its controller and its envs.
@@ -696,56 +525,7 @@ class PPO:
             ValueError: naming what does not match (format, ``num_envs``, ``config`` fields,
                 ``agent`` shapes, controller state).
         """
-        if state.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-            raise ValueError(
-                f"state: format_version {state.get('format_version')!r} is not supported "
-                f"(this version writes {CHECKPOINT_FORMAT_VERSION})"
-            )
-        progress = json.loads(state["progress"])
-        if progress["num_envs"] != self.num_envs:
-            raise ValueError(
-                f"num_envs: the checkpoint has {progress['num_envs']} sub-environments, "
-                f"envs has {self.num_envs}"
-            )
-        saved_config = progress["config"]
-        current = dataclasses.asdict(self.config)
-        diff = [k for k in current if json.dumps(current[k]) != json.dumps(saved_config.get(k))]
-        if diff:
-            raise ValueError(
-                f"config: fields {diff} differ from the checkpoint's "
-                f"({ {k: saved_config.get(k) for k in diff} }); build PPO with the saved config"
-            )
-        # Check the parts that can be refused on copies first, so a refusal changes nothing.
-        controller_state = json.loads(state["controller"])
-        copy.deepcopy(self.controller).load_state_dict(controller_state)
-        try:
-            copy.deepcopy(self.agent).load_state_dict(state["agent"])
-        except RuntimeError as exc:
-            raise ValueError(f"agent: the checkpoint's parameters do not fit: {exc}") from exc
-        self.agent.load_state_dict(state["agent"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.controller.load_state_dict(controller_state)
-        self.generator.set_state(state["generator"])
-        next_obs = state["next_obs"].cpu().numpy()
-        autoreset = np.asarray(progress["autoreset"], dtype=bool)
-        if self._log is not None and progress["env_log"] is not None:
-            self._log.restore(progress["env_log"], next_obs, autoreset)
-        else:
-            warnings.warn(
-                "PPO.load_state_dict: no environment replay log (envs is not a SyncVectorEnv, "
-                "now or when saved); the environments restart from reset(seed) and the run "
-                "will not match an uninterrupted one exactly",
-                stacklevel=2,
-            )
-            next_obs, _ = self.envs.reset(seed=self.seed + 10_007 * progress["iteration"])
-            autoreset = np.zeros(self.num_envs, dtype=bool)
-        self._next_obs = next_obs
-        self._autoreset = autoreset
-        self._episode_return = np.asarray(progress["episode_return"], dtype=np.float64)
-        self._episode_length = np.asarray(progress["episode_length"], dtype=np.int64)
-        self.episodes = [(int(s), float(r), int(n)) for s, r, n in progress["episodes"]]
-        self.iteration = int(progress["iteration"])
-        self.global_step = int(progress["global_step"])
+        restore_checkpoint(self, state)
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`state_dict` to ``path`` with ``torch.save``."""

@@ -7,7 +7,7 @@ accelerate so that every process builds the identical feedback::
 
     stats = RoundStats(decision)
     stats.add_rollouts(sums, counts, advantages)       # per micro-batch, local rows
-    feedback = stats.feedback(controller.accepts, accelerator)
+    feedback = stats.feedback(mc.preferred_feedback(controller, TRL_FEEDBACK), accelerator)
     metrics = controller.update(feedback)
 """
 
@@ -88,16 +88,14 @@ class RoundStats:
         self._entropy.append(entropy)
 
     def feedback(
-        self,
-        accepts: tuple[type, ...],
-        accelerator: Any,
-        outcome: OutcomeSignal = "mean_reward",
+        self, kind: type, accelerator: Any, outcome: OutcomeSignal = "mean_reward"
     ) -> tuple[mc.Feedback | None, dict[str, float]]:
-        """The feedback this round gives a controller accepting ``accepts``, identical on every rank.
+        """The round's feedback of type ``kind``, identical on every rank.
 
         Args:
-            accepts: the controller's feedback types.
-            accelerator: the trainer's ``accelerate.Accelerator``.
+            kind: Counterfactual, Outcome or EntropyObservation, as chosen for the controller by
+                :func:`metactl.preferred_feedback`.
+            accelerator: the trainer's ``accelerate.Accelerator`` (gathers every process's rows).
             outcome: the reward of :class:`metactl.Outcome` feedback: the round's mean reward or
                 its informative fraction.
 
@@ -106,7 +104,7 @@ class RoundStats:
             (e.g. every completion was masked out).
         """
         d = self.decision
-        if mc.Counterfactual in accepts:
+        if kind is mc.Counterfactual:
             if not self._sums:
                 return None, {}
             sums = accelerator.gather(torch.cat(self._sums)).double().cpu()
@@ -120,19 +118,18 @@ class RoundStats:
             return mc.Counterfactual(d, loglik, advantages), preferred_metrics(
                 loglik, advantages, d.virtual
             )
-        if mc.Outcome in accepts:
+        if kind is mc.Outcome:
             reward = self.reward if outcome == "mean_reward" else self.informative_fraction
             if reward is None or not math.isfinite(reward):
                 return None, {}
             return mc.Outcome(d, reward), {}
-        if mc.EntropyObservation in accepts:
+        if kind is mc.EntropyObservation:
             if not self._entropy:
                 return None, {}
             return mc.EntropyObservation(d, float(np.mean(self._entropy))), {}
-        names = ", ".join(t.__name__ for t in accepts)
         raise TypeError(
-            f"MetaGRPOTrainer can give a controller Counterfactual, Outcome or EntropyObservation "
-            f"feedback; this controller accepts only {names}"
+            f"RoundStats.feedback: a round gives Counterfactual, Outcome or EntropyObservation "
+            f"feedback, not {kind.__name__}"
         )
 
 

@@ -16,13 +16,11 @@ micro-steps) is one controller decision::
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.utils import broadcast, is_peft_model
 from trl import GRPOTrainer
@@ -36,45 +34,21 @@ from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_frac
 CONTROLLER_FILE = "metactl_controller.json"
 """Name of the controller's state file inside each ``checkpoint-N/`` folder."""
 
-_FEEDBACK = (mc.Counterfactual, mc.Outcome, mc.EntropyObservation)
+TRL_FEEDBACK = (mc.Counterfactual, mc.Outcome, mc.EntropyObservation)
+"""The feedback a round can give a controller; :func:`metactl.preferred_feedback` picks one."""
 
 
-def check_temperature_controller(controller: Any) -> None:
-    """Refuse a controller that cannot drive a sampling temperature.
+def check_temperature_controller(controller: Any) -> mc.Controller:
+    """Refuse a controller that cannot drive the sampling temperature of MetaGRPOTrainer.
+
+    :func:`metactl.check_temperature_controller` with the feedback a round can give.
 
     Raises:
-        TypeError: not a metactl controller, or it learns from no feedback the trainer can give.
-        ValueError: some of its arms are not finite positive temperatures.
+        metactl.IncompatibleController: (a ``TypeError`` and a ``ValueError``) not a metactl
+            controller, arms that are not finite positive temperatures, or it learns from none
+            of Counterfactual, Outcome or EntropyObservation.
     """
-    if not isinstance(controller, mc.Controller):
-        raise TypeError(
-            f"controller: expected a metactl controller (e.g. metactl.TAMPO()), got {type(controller).__name__}"
-        )
-    space = controller.space
-    if isinstance(space, mc.Discrete):
-        values = np.asarray(space.values, dtype=np.float64)
-        bad = values[~(np.isfinite(values) & (values > 0))]
-        if bad.size:
-            raise ValueError(
-                f"controller: its arms are sampling temperatures and must be finite and > 0; "
-                f"{type(controller).__name__} has arm(s) {bad.tolist()} in {space!r}"
-            )
-    elif isinstance(space, mc.Box):
-        if not (math.isfinite(space.low) and math.isfinite(space.high) and space.low > 0):
-            raise ValueError(
-                f"controller: its arms are sampling temperatures and must be finite and > 0; "
-                f"{type(controller).__name__} ranges over {space!r}"
-            )
-    else:
-        raise TypeError(
-            f"controller.space: expected metactl.Discrete or metactl.Box, got {type(space).__name__}"
-        )
-    if not any(issubclass(t, _FEEDBACK) for t in controller.accepts):
-        names = ", ".join(t.__name__ for t in controller.accepts)
-        raise TypeError(
-            f"controller: MetaGRPOTrainer gives Counterfactual, Outcome or EntropyObservation feedback, "
-            f"but {type(controller).__name__} accepts only {names}"
-        )
+    return mc.check_temperature_controller(controller, TRL_FEEDBACK)
 
 
 def _broadcast_json(obj: Any, accelerator: Any) -> Any:
@@ -272,7 +246,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         if not (self.model.training and first_pass and stats is not None):
             loss = super()._compute_loss(model, inputs)
             return loss
-        if mc.Counterfactual in self.controller.accepts and stats.decision.virtual.size > 0:
+        kind = mc.preferred_feedback(self.controller, TRL_FEEDBACK)
+        if kind is mc.Counterfactual and stats.decision.virtual.size > 0:
             self._tap.temperatures = stats.decision.virtual.tolist()
             try:
                 loss = super()._compute_loss(model, inputs)
@@ -281,7 +256,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             self._score_virtual(stats, inputs, self._tap.take(inputs["completion_ids"].size(0)))
         else:
             loss = super()._compute_loss(model, inputs)
-            if mc.EntropyObservation in self.controller.accepts:
+            if kind is mc.EntropyObservation:
                 stats.add_entropy(self._metrics["train"]["entropy"][-1])
         return loss
 
@@ -310,7 +285,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
 
     def _finish_round(self, stats: RoundStats) -> None:
         """Update the controller from the round's statistics, identically on every process."""
-        feedback, extra = stats.feedback(self.controller.accepts, self.accelerator, self.outcome)
+        kind = mc.preferred_feedback(self.controller, TRL_FEEDBACK)
+        feedback, extra = stats.feedback(kind, self.accelerator, self.outcome)
         metrics = dict(extra)
         if stats.informative_fraction is not None:
             metrics["meta/informative_fraction"] = stats.informative_fraction

@@ -1,11 +1,18 @@
 """Built-in controllers."""
 
-from metactl.controllers.base import BaseController, Controller, Metrics
+from metactl.controllers.base import (
+    FEEDBACK_PRIORITY,
+    BaseController,
+    Controller,
+    Metrics,
+    preferred_feedback,
+)
 from metactl.controllers.baselines import EntropyTarget, Fixed, Schedule, SlidingWindowUCB
 from metactl.controllers.meta_gradient import MetaGradient
 from metactl.controllers.tampo import PAPER_TEMPERATURES, TAMPO
 
 __all__ = [
+    "FEEDBACK_PRIORITY",
     "PAPER_TEMPERATURES",
     "TAMPO",
     "BaseController",
@@ -16,4 +23,5 @@ __all__ = [
     "Metrics",
     "Schedule",
     "SlidingWindowUCB",
+    "preferred_feedback",
 ]

@@ -12,12 +12,20 @@ from __future__ import annotations
 import copy
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from metactl.feedback import Decision, Feedback, Outcome, Outcomes
+from metactl.errors import IncompatibleController
+from metactl.feedback import (
+    Counterfactual,
+    Decision,
+    EntropyObservation,
+    Feedback,
+    Outcome,
+    Outcomes,
+)
 from metactl.spaces import Box, Discrete, Space
 
 STATE_FORMAT_VERSION = 1
@@ -45,6 +53,43 @@ class Controller(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+FEEDBACK_PRIORITY: tuple[type, ...] = (Counterfactual, Outcome, Outcomes, EntropyObservation)
+"""The order in which an integration picks the feedback to build: the richest signal first.
+
+Counterfactual scores every rollout at every virtual arm; Outcome and Outcomes see only the
+played arms; an EntropyObservation carries no reward at all.
+"""
+
+
+def preferred_feedback(
+    controller: Controller, offered: Collection[type] = FEEDBACK_PRIORITY
+) -> type:
+    """The feedback type to build for ``controller``.
+
+    That is the first type of :data:`FEEDBACK_PRIORITY` that the caller can build
+    (``offered``) and the controller accepts::
+
+        preferred_feedback(mc.TAMPO())                                   # Counterfactual
+        preferred_feedback(mc.SlidingWindowUCB(arms), (Counterfactual, Outcome))  # Outcome
+
+    Args:
+        controller: the controller to feed.
+        offered: the feedback types the caller can build (order does not matter).
+
+    Raises:
+        IncompatibleController: (a ``TypeError``) the controller accepts none of ``offered``.
+    """
+    for kind in FEEDBACK_PRIORITY:
+        if kind in offered and kind in controller.accepts:
+            return kind
+    accepted = ", ".join(t.__name__ for t in controller.accepts) or "nothing"
+    can_build = ", ".join(t.__name__ for t in FEEDBACK_PRIORITY if t in offered) or "nothing"
+    raise IncompatibleController(
+        f"controller: {type(controller).__name__} learns only from {accepted}, but the "
+        f"feedback offered here is {can_build}"
+    )
 
 
 def make_rng(seed: int | np.random.Generator | None) -> tuple[np.random.Generator, int | None]:
@@ -138,6 +183,15 @@ class BaseController(ABC):
             )
         self._rng, self.seed_entropy = make_rng(seed)
         self.seeded = True
+
+    def __repr__(self) -> str:
+        """The class and its settings, e.g. ``TAMPO(space=Discrete([0.6, 1.0]), ema=0.05, ...)``.
+
+        The settings are those of :meth:`_config`, the ones a saved state must match.
+        """
+        settings = [f"space={self._space!r}"]
+        settings += [f"{name}={value!r}" for name, value in _jsonable(self._config()).items()]
+        return f"{type(self).__name__}({', '.join(settings)})"
 
     # --- the public loop -------------------------------------------------
     def sample(self) -> Decision:
@@ -301,10 +355,3 @@ def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: must be finite")
     return arr
-
-
-def played_arms(feedback: Outcome | Outcomes) -> tuple[np.ndarray, np.ndarray]:
-    """(arm coordinates, rewards) of bandit feedback, as arrays."""
-    if isinstance(feedback, Outcome):
-        return np.array([feedback.decision.arm]), np.array([feedback.reward])
-    return np.array([d.arm for d in feedback.decisions]), np.asarray(feedback.rewards)

@@ -10,8 +10,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from metactl import functional as F
-from metactl.controllers.base import BaseController, Metrics, played_arms
-from metactl.controllers.tampo import arm_label
+from metactl.controllers._arms import arm_label, played_arms
+from metactl.controllers.base import BaseController, Metrics
 from metactl.feedback import Counterfactual, EntropyObservation, Feedback, Outcome, Outcomes
 from metactl.spaces import Box, Discrete, Space
 

@@ -3,16 +3,228 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from metactl import functional as F
-from metactl.controllers.base import BaseController, Metrics, check_shape, played_arms
-from metactl.controllers.tampo import _check_all_arms, arm_label, counterfactual_arm_advantages
+from metactl.controllers._arms import (
+    arm_label,
+    check_all_arms,
+    counterfactual_arm_advantages,
+    played_arms,
+)
+from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.feedback import Counterfactual, Feedback, Outcome, Outcomes
 from metactl.spaces import Box, Discrete
+
+
+class _MetaPolicyRule(ABC):
+    """How a meta-policy over one kind of space samples, reads feedback and stays valid.
+
+    A rule is stateless: it holds the space and the settings it needs, and every method takes
+    the parameters ``theta`` and returns new values, so :class:`MetaGradient` keeps all the
+    state (and its transactional updates) in one place.
+
+    Attributes:
+        num_params: the size of ``theta``.
+        num_values: the size of the running average of counterfactual values ``q`` that the
+            rule keeps (0 when it keeps none).
+    """
+
+    num_params: int
+    num_values: int
+
+    @abstractmethod
+    def initial_params(self) -> np.ndarray:
+        """``theta`` before any update."""
+
+    @abstractmethod
+    def sample(
+        self, theta: np.ndarray, rng: np.random.Generator
+    ) -> tuple[float, np.ndarray, float, np.ndarray]:
+        """(value, virtual values [M], arm coordinate, virtual arm coordinates [M])."""
+
+    @abstractmethod
+    def counterfactual_gradient(
+        self,
+        theta: np.ndarray,
+        feedback: Counterfactual,
+        q_average: np.ndarray | None,
+        metrics: Metrics,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """dJ/dtheta from counterfactual feedback, and the new running average of ``q``.
+
+        Args:
+            theta: the current parameters.
+            feedback: every rollout scored at every virtual arm of its decision.
+            q_average: the running average of the arms' values; None before the first batch.
+            metrics: receives the batch's per-arm diagnostics.
+
+        Returns:
+            ``(gradient, q_average)``; the average is None for a rule that keeps none.
+        """
+
+    @abstractmethod
+    def bandit_gradient(
+        self, theta: np.ndarray, arms: np.ndarray, centred: np.ndarray
+    ) -> np.ndarray:
+        """The score-function estimate of dJ/dtheta from played arms and baselined rewards."""
+
+    @abstractmethod
+    def entropy_gradient(self, theta: np.ndarray) -> np.ndarray:
+        """dH/dtheta, the gradient of the meta-policy's entropy."""
+
+    def constrain(self, theta: np.ndarray) -> np.ndarray:
+        """``theta`` brought back into its valid set after a step (unconstrained by default)."""
+        return theta
+
+    @abstractmethod
+    def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
+        """Write the meta-policy's summary into ``metrics``."""
+
+
+class _SoftmaxRule(_MetaPolicyRule):
+    """Discrete arms: a softmax over one logit per arm, mixed with a probability floor."""
+
+    def __init__(
+        self, space: Discrete, *, prob_floor: float, ema: float, normaliser: F.Normaliser
+    ) -> None:
+        self.space = space
+        self.prob_floor = prob_floor
+        self.ema = ema
+        self.normaliser: F.Normaliser = normaliser
+        self.num_params = len(space)
+        self.num_values = len(space)
+
+    def initial_params(self) -> np.ndarray:
+        return np.zeros(len(self.space))
+
+    def probs(self, theta: np.ndarray) -> np.ndarray:
+        """The sampling distribution (1 - f) softmax(phi) + f / K."""
+        k = len(self.space)
+        return (1 - self.prob_floor) * F.softmax(theta) + self.prob_floor / k
+
+    def sample(
+        self, theta: np.ndarray, rng: np.random.Generator
+    ) -> tuple[float, np.ndarray, float, np.ndarray]:
+        values = self.space.values
+        k = F.sample_categorical(self.probs(theta), rng.random())
+        return float(values[k]), values, float(k), np.arange(values.size, dtype=np.float64)
+
+    def counterfactual_gradient(
+        self,
+        theta: np.ndarray,
+        feedback: Counterfactual,
+        q_average: np.ndarray | None,
+        metrics: Metrics,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        check_all_arms(feedback, len(self.space))
+        _, q = counterfactual_arm_advantages(feedback, self.normaliser)
+        # The arms are the same at every decision, so their values can be averaged over batches.
+        q_average = q if q_average is None else F.ema(q_average, q, self.ema)
+        for value, a in zip(self.space.values, q, strict=True):
+            metrics[f"advantage/{arm_label(float(value))}"] = float(a)
+        return F.softmax_policy_gradient(theta, q_average), q_average
+
+    def bandit_gradient(
+        self, theta: np.ndarray, arms: np.ndarray, centred: np.ndarray
+    ) -> np.ndarray:
+        return F.score_function_gradient(theta, arms.astype(np.int64), centred)
+
+    def entropy_gradient(self, theta: np.ndarray) -> np.ndarray:
+        return F.softmax_entropy_gradient(theta)
+
+    def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
+        pi = self.probs(theta)
+        for value, p in zip(self.space.values, pi, strict=True):
+            metrics[f"prob/{arm_label(float(value))}"] = float(p)
+        metrics["policy_entropy"] = F.entropy(pi)
+        metrics["expected_value"] = float(np.dot(pi, self.space.values))
+
+
+class _GaussianRule(_MetaPolicyRule):
+    """A Box range: N(mu, sigma^2) over the box's unconstrained coordinate u, theta = (mu, log sigma)."""
+
+    def __init__(
+        self,
+        space: Box,
+        *,
+        num_virtual: int,
+        init: float | None,
+        init_sigma: float,
+        min_sigma: float,
+        normaliser: F.Normaliser,
+    ) -> None:
+        self.space = space
+        self.num_virtual = num_virtual
+        self.init = init
+        self.init_sigma = init_sigma
+        self.min_sigma = min_sigma
+        self.normaliser: F.Normaliser = normaliser
+        self.num_params = 2
+        self.num_values = 0
+
+    def initial_params(self) -> np.ndarray:
+        mu0 = 0.0 if self.init is None else float(self.space.to_unconstrained(self.init))
+        return np.array([mu0, np.log(self.init_sigma)])
+
+    def mean(self, theta: np.ndarray) -> float:
+        """The policy's median value, the box image of mu."""
+        return float(self.space.from_unconstrained(theta[0]))
+
+    def sigma(self, theta: np.ndarray) -> float:
+        """The policy's standard deviation in u."""
+        return float(np.exp(theta[1]))
+
+    def sample(
+        self, theta: np.ndarray, rng: np.random.Generator
+    ) -> tuple[float, np.ndarray, float, np.ndarray]:
+        mu, sigma = theta[0], self.sigma(theta)
+        u_played = mu + sigma * rng.standard_normal()
+        eps = rng.standard_normal(self.num_virtual // 2)
+        u_virtual = mu + sigma * np.concatenate([eps, -eps])
+        return (
+            float(self.space.from_unconstrained(u_played)),
+            self.space.from_unconstrained(u_virtual),
+            float(u_played),
+            u_virtual,
+        )
+
+    def counterfactual_gradient(
+        self,
+        theta: np.ndarray,
+        feedback: Counterfactual,
+        q_average: np.ndarray | None,
+        metrics: Metrics,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        # The virtual arms are fresh draws from the policy at every decision: their values are
+        # used at once and never averaged across batches.
+        _, q = counterfactual_arm_advantages(feedback, self.normaliser)
+        metrics["advantage_spread"] = float(np.max(q) - np.min(q))
+        g_mu, g_log_sigma = F.gaussian_gradient(
+            feedback.decision.virtual_arms, q, theta[0], self.sigma(theta)
+        )
+        return np.array([g_mu, g_log_sigma]), None
+
+    def bandit_gradient(
+        self, theta: np.ndarray, arms: np.ndarray, centred: np.ndarray
+    ) -> np.ndarray:
+        return np.array(F.gaussian_score_gradient(arms, centred, theta[0], self.sigma(theta)))
+
+    def entropy_gradient(self, theta: np.ndarray) -> np.ndarray:
+        return np.array([0.0, 1.0])  # H(N(mu, sigma^2)) = log sigma + const
+
+    def constrain(self, theta: np.ndarray) -> np.ndarray:
+        theta = theta.copy()
+        theta[1] = max(theta[1], np.log(self.min_sigma))  # the sigma floor keeps it exploring
+        return theta
+
+    def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
+        metrics["mean"] = self.mean(theta)
+        metrics["sigma"] = self.sigma(theta)
 
 
 class MetaGradient(BaseController):
@@ -101,6 +313,11 @@ class MetaGradient(BaseController):
             raise ValueError(f"MetaGradient(baseline_ema): must be in (0, 1], got {baseline_ema}")
         if isinstance(space, Discrete) and init is not None:
             raise ValueError("MetaGradient(init): only for a Box space")
+        if isinstance(space, Box) and init is not None and not space.low < init < space.high:
+            raise ValueError(
+                f"MetaGradient(init): must lie strictly inside ({space.low}, {space.high}), "
+                f"got {init}"
+            )
         super().__init__(space, seed)
         self.lr = float(lr)
         self.optimizer = optimizer
@@ -111,20 +328,26 @@ class MetaGradient(BaseController):
         self.ema = float(ema)
         self.normaliser: F.Normaliser = normaliser
         self.baseline_ema = float(baseline_ema)
+        # The one place the space decides the rule; every method below delegates to it.
+        self._rule: _SoftmaxRule | _GaussianRule
         if isinstance(space, Discrete):
-            self._theta = np.zeros(len(space))
+            self._rule = _SoftmaxRule(
+                space, prob_floor=self.prob_floor, ema=self.ema, normaliser=normaliser
+            )
         else:
-            if init is not None and not space.low < init < space.high:
-                raise ValueError(
-                    f"MetaGradient(init): must lie strictly inside ({space.low}, {space.high}), "
-                    f"got {init}"
-                )
-            mu0 = 0.0 if init is None else float(space.to_unconstrained(init))
-            self._theta = np.array([mu0, np.log(init_sigma)])
+            self._rule = _GaussianRule(
+                space,
+                num_virtual=self.num_virtual,
+                init=init,
+                init_sigma=float(init_sigma),
+                min_sigma=self.min_sigma,
+                normaliser=normaliser,
+            )
+        self._theta = self._rule.initial_params()
         self._m = np.zeros_like(self._theta)
         self._v = np.zeros_like(self._theta)
         self._t = 0
-        self._q = np.zeros(len(space) if isinstance(space, Discrete) else 0)
+        self._q = np.zeros(self._rule.num_values)
         self._q_seen = False
         self._baseline = 0.0
         self._baseline_seen = False
@@ -133,43 +356,29 @@ class MetaGradient(BaseController):
     @property
     def probs(self) -> np.ndarray:
         """Discrete only: the sampling distribution (1 - f) softmax(phi) + f / K."""
-        if not isinstance(self.space, Discrete):
+        if not isinstance(self._rule, _SoftmaxRule):
             raise AttributeError(
                 "MetaGradient.probs: only for a Discrete space; use .mean and .sigma"
             )
-        k = len(self.space)
-        return (1 - self.prob_floor) * F.softmax(self._theta) + self.prob_floor / k
+        return self._rule.probs(self._theta)
 
     @property
     def mean(self) -> float:
         """Box only: the policy's median value, the box image of mu."""
-        if not isinstance(self.space, Box):
+        if not isinstance(self._rule, _GaussianRule):
             raise AttributeError("MetaGradient.mean: only for a Box space; use .probs")
-        return float(self.space.from_unconstrained(self._theta[0]))
+        return self._rule.mean(self._theta)
 
     @property
     def sigma(self) -> float:
         """Box only: the policy's standard deviation in the unconstrained coordinate u."""
-        if not isinstance(self.space, Box):
+        if not isinstance(self._rule, _GaussianRule):
             raise AttributeError("MetaGradient.sigma: only for a Box space; use .probs")
-        return float(np.exp(self._theta[1]))
+        return self._rule.sigma(self._theta)
 
     # --- sample -----------------------------------------------------------------
     def _sample(self) -> tuple[float, np.ndarray, float, np.ndarray]:
-        if isinstance(self.space, Discrete):
-            values = self.space.values
-            k = F.sample_categorical(self.probs, self._rng.random())
-            return float(values[k]), values, float(k), np.arange(values.size, dtype=np.float64)
-        mu, sigma = self._theta[0], float(np.exp(self._theta[1]))
-        u_played = mu + sigma * self._rng.standard_normal()
-        eps = self._rng.standard_normal(self.num_virtual // 2)
-        u_virtual = mu + sigma * np.concatenate([eps, -eps])
-        return (
-            float(self.space.from_unconstrained(u_played)),
-            self.space.from_unconstrained(u_virtual),
-            float(u_played),
-            u_virtual,
-        )
+        return self._rule.sample(self._theta, self._rng)
 
     # --- update -------------------------------------------------------------------
     def _update(self, feedback: Feedback) -> Metrics:
@@ -189,42 +398,24 @@ class MetaGradient(BaseController):
             metrics["baseline"] = self._baseline
             self._baseline += self.baseline_ema * (float(np.mean(rewards)) - self._baseline)
             noop = not np.any(centred)
-            grad = None if noop else self._bandit_gradient(arms, centred)
+            grad = None if noop else self._rule.bandit_gradient(self._theta, arms, centred)
         metrics["noop"] = float(noop)
         if grad is not None:
             self._ascend(grad)
-        self._policy_metrics(metrics)
+        self._rule.policy_metrics(self._theta, metrics)
         return metrics
 
     def _counterfactual_gradient(self, feedback: Counterfactual, metrics: Metrics) -> np.ndarray:
-        decision = feedback.decision
-        if isinstance(self.space, Discrete):
-            _check_all_arms(feedback, len(self.space))
-            _, q = counterfactual_arm_advantages(feedback, self.normaliser)
-            self._q = q if not self._q_seen else F.ema(self._q, q, self.ema)
-            self._q_seen = True
-            for value, a in zip(self.space.values, q, strict=True):
-                metrics[f"advantage/{arm_label(float(value))}"] = float(a)
-            return F.softmax_policy_gradient(self._theta, self._q)
-        # Box: the virtual arms are draws from the policy at decision time; score them now.
-        _, q = counterfactual_arm_advantages(feedback, self.normaliser)
-        metrics["advantage_spread"] = float(np.max(q) - np.min(q))
-        sigma = float(np.exp(self._theta[1]))
-        g_mu, g_log_sigma = F.gaussian_gradient(decision.virtual_arms, q, self._theta[0], sigma)
-        return np.array([g_mu, g_log_sigma])
-
-    def _bandit_gradient(self, arms: np.ndarray, centred: np.ndarray) -> np.ndarray:
-        if isinstance(self.space, Discrete):
-            return F.score_function_gradient(self._theta, arms.astype(np.int64), centred)
-        sigma = float(np.exp(self._theta[1]))
-        return np.array(F.gaussian_score_gradient(arms, centred, self._theta[0], sigma))
+        grad, q = self._rule.counterfactual_gradient(
+            self._theta, feedback, self._q if self._q_seen else None, metrics
+        )
+        if q is not None:
+            self._q, self._q_seen = q, True
+        return grad
 
     def _ascend(self, grad: np.ndarray) -> None:
         if self.entropy_bonus:
-            if isinstance(self.space, Discrete):
-                grad = grad + self.entropy_bonus * F.softmax_entropy_gradient(self._theta)
-            else:  # H(N(mu, sigma^2)) = log sigma + const
-                grad = grad + self.entropy_bonus * np.array([0.0, 1.0])
+            grad = grad + self.entropy_bonus * self._rule.entropy_gradient(self._theta)
         if self.optimizer == "adam":
             self._t += 1
             self._theta, self._m, self._v = F.adam_ascent(
@@ -232,19 +423,7 @@ class MetaGradient(BaseController):
             )
         else:
             self._theta = self._theta + self.lr * grad
-        if isinstance(self.space, Box):
-            self._theta[1] = max(self._theta[1], np.log(self.min_sigma))
-
-    def _policy_metrics(self, metrics: Metrics) -> None:
-        if isinstance(self.space, Discrete):
-            pi = self.probs
-            for value, p in zip(self.space.values, pi, strict=True):
-                metrics[f"prob/{arm_label(float(value))}"] = float(p)
-            metrics["policy_entropy"] = F.entropy(pi)
-            metrics["expected_value"] = float(np.dot(pi, self.space.values))
-        else:
-            metrics["mean"] = self.mean
-            metrics["sigma"] = self.sigma
+        self._theta = self._rule.constrain(self._theta)
 
     # --- state ------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -273,8 +452,7 @@ class MetaGradient(BaseController):
         }
 
     def _load_params(self, params: Mapping[str, Any]) -> None:
-        n = 2 if isinstance(self.space, Box) else len(self.space)
-        nq = 0 if isinstance(self.space, Box) else n
+        n, nq = self._rule.num_params, self._rule.num_values
         self._theta = check_shape("params.theta", params["theta"], (n,))
         self._m = check_shape("params.adam_m", params["adam_m"], (n,))
         self._v = check_shape("params.adam_v", params["adam_v"], (n,))

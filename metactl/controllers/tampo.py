@@ -8,24 +8,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from metactl import functional as F
+from metactl.controllers._arms import arm_label, check_all_arms, counterfactual_arm_advantages
 from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.feedback import Counterfactual, Feedback
 from metactl.spaces import Discrete
 
 PAPER_TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
-
-
-def arm_label(value: float) -> str:
-    """A short metric-key label for an arm value, e.g. 0.6 -> "0.6", 1.0 -> "1"."""
-    return f"{value:g}"
-
-
-def counterfactual_arm_advantages(
-    feedback: Counterfactual, normaliser: F.Normaliser
-) -> tuple[np.ndarray, np.ndarray]:
-    """(w [N, M], a [M]): per-rollout arm weights and the batch's per-arm advantages (steps 4-5)."""
-    weights = F.arm_weights(feedback.loglik, normaliser)
-    return weights, F.arm_advantages(weights, feedback.advantages)
 
 
 class TAMPO(BaseController):
@@ -121,7 +109,7 @@ class TAMPO(BaseController):
     def _update(self, feedback: Feedback) -> Metrics:
         assert isinstance(feedback, Counterfactual)
         values = self.space.values
-        _check_all_arms(feedback, values.size)
+        check_all_arms(feedback, values.size)
         noop = not np.any(feedback.advantages)
         _, batch = counterfactual_arm_advantages(feedback, self.normaliser)
         if not noop:
@@ -151,15 +139,4 @@ class TAMPO(BaseController):
     def _load_params(self, params: Mapping[str, Any]) -> None:
         self._abar = check_shape(
             "params.ema_advantages", params["ema_advantages"], (len(self.space),)
-        )
-
-
-def _check_all_arms(feedback: Counterfactual, num_arms: int) -> None:
-    """Counterfactual feedback for a Discrete controller must score every arm, in order."""
-    if feedback.loglik.shape[1] != num_arms or not np.array_equal(
-        feedback.decision.virtual_arms, np.arange(num_arms)
-    ):
-        raise ValueError(
-            f"Counterfactual.loglik: expected one column per arm ({num_arms}), "
-            f"got shape {feedback.loglik.shape}"
         )

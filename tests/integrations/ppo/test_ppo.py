@@ -366,3 +366,29 @@ def test_refused_checkpoint_changes_nothing() -> None:
         target.load_state_dict(state)
     assert all(torch.equal(p, q) for p, q in zip(params, target.agent.parameters(), strict=True))
     assert target.controller.state_dict() == controller_before
+
+
+class OutcomesOnly(mc.SlidingWindowUCB):
+    accepts = (mc.Outcomes,)
+
+
+class LearnsNothing(mc.Fixed):
+    accepts = ()
+
+
+def test_controller_refusals_are_the_core_check_and_its_error() -> None:
+    # The same check as MetaGRPOTrainer's, with PPO's feedback: every metactl feedback type.
+    for ctl in (mc.Fixed(0.0), mc.MetaGradient(mc.Box(0.0, 2.0), seed=0), LearnsNothing(1.0)):
+        with pytest.raises(mc.IncompatibleController, match="controller"):
+            PPO(make_envs(), ctl, SMALL)
+    with pytest.raises(mc.IncompatibleController, match="expected a metactl controller"):
+        PPO(make_envs(), 1.0, SMALL)  # type: ignore[arg-type]
+
+
+def test_a_controller_that_accepts_only_outcomes_gets_outcomes() -> None:
+    ctl = OutcomesOnly(mc.Discrete([0.5, 1.0, 2.0]), seed=0)
+    ppo = PPO(make_envs(max_episode_steps=10), ctl, SMALL, seed=0)
+    decision = ctl.sample()
+    feedback = ppo.meta_feedback(decision, ppo.collect(decision.value))
+    assert isinstance(feedback, mc.Outcomes)
+    assert feedback.decisions == (decision,)

@@ -11,7 +11,11 @@ from conftest import digit_reward, make_config, make_dataset
 from trl import GRPOTrainer
 
 import metactl as mc
-from metactl.integrations.trl import CONTROLLER_FILE, MetaGRPOTrainer
+from metactl.integrations.trl import (
+    CONTROLLER_FILE,
+    MetaGRPOTrainer,
+    check_temperature_controller,
+)
 
 
 class Spy:
@@ -280,6 +284,19 @@ def test_refuses_controller_without_positive_temperatures(
             processing_class=tokenizer,
             controller=controller,
         )
+
+
+def test_the_controller_check_is_the_core_one_with_the_feedback_a_round_gives():
+    # A round gives Counterfactual, Outcome or EntropyObservation feedback, never Outcomes.
+    class OutcomesOnly(mc.SlidingWindowUCB):
+        accepts = (mc.Outcomes,)
+
+    with pytest.raises(mc.IncompatibleController, match="offered here is Counterfactual, Outcome"):
+        check_temperature_controller(OutcomesOnly(mc.Discrete([0.5, 1.0]), seed=0))
+    ucb = mc.SlidingWindowUCB(mc.Discrete([0.5, 1.0]), seed=0)
+    assert check_temperature_controller(ucb) is ucb
+    with pytest.raises(mc.IncompatibleController, match=r"arm\(s\) \[0\.0\]"):
+        check_temperature_controller(mc.Fixed(0.0))
 
 
 def test_refuses_options_that_cannot_follow_the_temperature(tokenizer, model, tmp_path):
