@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from metactl.integrations.lab.testbed import make_tokenizer
 from metactl.integrations.torch._dispatch import IMPLEMENTATIONS, Implementation
 
 
@@ -299,28 +300,6 @@ def from_hidden_row(args: Args, device: torch.device, dtype: torch.dtype, h: int
 
 
 # --- trainer row -----------------------------------------------------------------------------
-
-
-def make_tokenizer(vocab_size: int) -> Any:
-    """Characters plus filler tokens up to ``vocab_size`` (as examples/bench_trl_overhead.py)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
-    for ch in "0123456789+-*= abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-    for i in range(len(vocab), vocab_size):
-        vocab[f"<t{i}>"] = i
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        padding_side="left",
-    )
 
 
 def make_model(args: Args, vocab_size: int, device: torch.device) -> Any:

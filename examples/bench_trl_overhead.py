@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 import metactl as mc
+from metactl.integrations.lab.testbed import make_tokenizer
 from metactl.integrations.trl import MetaGRPOTrainer
 
 
@@ -45,25 +45,6 @@ class Args:
     threads: int = 1
     hidden_size: int = 64
     layers: int = 2
-
-
-def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """Characters plus filler tokens up to ``vocab_size`` (a realistic LM-head width)."""
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
-    for ch in "0123456789+-*= abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-    for i in range(len(vocab), vocab_size):
-        vocab[f"<t{i}>"] = i
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        padding_side="left",
-    )
 
 
 def make_model(tok: PreTrainedTokenizerFast, args: Args) -> Qwen2ForCausalLM:

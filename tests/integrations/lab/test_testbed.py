@@ -172,3 +172,13 @@ def test_size_presets_span_cpu_and_gpu_scales() -> None:
     medium = sum(p.numel() for p in make_model(tok, size="medium").parameters())
     assert tiny < 200_000  # the CPU default
     assert 20_000_000 < medium < 60_000_000  # tens of millions: worth a GPU
+
+
+def test_tokenizer_padded_to_a_vocabulary_size_keeps_the_character_ids() -> None:
+    plain, padded = make_tokenizer(), make_tokenizer(vocab_size=500)
+    assert len(plain) < 500 == len(padded)
+    text = "12+34=046"
+    assert padded(text)["input_ids"] == plain(text)["input_ids"]
+    assert padded.convert_ids_to_tokens(499) == "<t499>"
+    with pytest.raises(ValueError, match="vocab_size"):
+        make_tokenizer(vocab_size=3)
