@@ -1,7 +1,7 @@
 """Worker for the 2-process test: ``torchrun --nproc_per_node 2 dist_worker.py OUT_DIR``.
 
 Each rank trains 2 generation rounds of MetaGRPOTrainer on CPU (gloo) with a controller seeded
-from OS entropy (so ranks agree only through the trainer's broadcast), and writes
+differently on each rank (so ranks agree only through the trainer's broadcast), and writes
 ``rank{N}.json`` with the temperatures it generated at and its final controller state.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import torch.distributed
 from conftest import digit_reward, make_config, make_dataset
 
 import metactl as mc
@@ -36,7 +37,7 @@ def main(out: str) -> None:
         args=args,
         train_dataset=make_dataset(),
         processing_class=tokenizer,
-        controller=mc.TAMPO(seed=None),
+        controller=mc.TAMPO(seed=1000 + int(os.environ["RANK"])),  # explicit: not args.seed
     )
     temperatures: list[float] = []
     generate = trainer.model.generate
@@ -54,6 +55,9 @@ def main(out: str) -> None:
         "state": trainer.controller.state_dict(),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    # Tear gloo down before exit: a process group left to the interpreter's exit can abort
+    # ("terminate called without an active exception") while its threads still run.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
