@@ -1,0 +1,77 @@
+"""examples/compare_paired.py: per-seed differences against a baseline, from run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from metactl.integrations.lab.rundir import run_dir_for, write_meta, write_result
+
+SCRIPT = Path(__file__).resolve().parents[3] / "examples" / "compare_paired.py"
+SETTINGS = {"task": "addition", "difficulty": 2, "steps": 10, "warm_start": {}, "trainer": {}}
+
+
+def _folder(out: Path, finals: dict[str, list[float]]) -> None:
+    labels = list(finals)
+    seeds = list(range(len(next(iter(finals.values())))))
+    out.mkdir()
+    write_meta(out, {"config": {**SETTINGS, "seeds": seeds}, "labels": labels, "seeds": seeds})
+    for label, values in finals.items():
+        for seed, final in enumerate(values):
+            run_dir = run_dir_for(out, label, seed)
+            run_dir.mkdir(parents=True)
+            write_result(
+                run_dir,
+                {"controller": label, "seed": seed, "final_accuracy": final, "auc": final / 2},
+            )
+
+
+def test_paired_differences_match_a_hand_computation(tmp_path: Path) -> None:
+    _folder(tmp_path / "a", {"base": [0.50, 0.60, 0.70], "x": [0.55, 0.60, 0.80]})
+    _folder(tmp_path / "b", {"y": [0.40, 0.60, 0.70]})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--baseline",
+            "base",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = {r["controller"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    # x - base = [5, 0, 10] points: mean 5, sd 5, t(0.975, 2) = 4.302653 -> half 12.42
+    half = 4.302653 * 5 / math.sqrt(3)
+    assert rows["x"]["final_diff_pts"] == 5.0
+    assert rows["x"]["final_diff_ci95_pts"] == [round(5 - half, 2), round(5 + half, 2)]
+    assert rows["x"]["auc_diff_pts"] == 2.5
+    assert rows["y"]["final_diff_pts"] == round(100 * (-0.1 / 3), 2)
+    assert rows["base"]["final_diff_ci95_pts"] == [0.0, 0.0]
+
+
+def test_folders_of_other_settings_are_refused(tmp_path: Path) -> None:
+    _folder(tmp_path / "a", {"base": [0.5, 0.6]})
+    _folder(tmp_path / "b", {"y": [0.4, 0.6]})
+    meta_path = tmp_path / "b" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["difficulty"] = 3
+    meta_path.write_text(json.dumps(meta))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--baseline",
+            "base",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "ran other settings" in proc.stderr
