@@ -205,6 +205,37 @@ class ScheduleSpec(_Spec):
         return Schedule.cosine(self.start, self.end, steps=n)
 
 
+class PiecewiseSpec(_Spec):
+    """``mc.Schedule.piecewise``: ``values[0]`` until step ``boundaries[0]``, then ``values[1]``...
+
+    E.g. a hot start then a cold finish: ``boundaries: [75]``, ``values: [1.0, 0.6]``.
+    """
+
+    kind: Literal["piecewise"]
+    boundaries: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    values: list[Temperature] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> PiecewiseSpec:
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError(
+                f"values: need one more than boundaries ({len(self.boundaries)} + 1), "
+                f"got {len(self.values)}"
+            )
+        if sorted(set(self.boundaries)) != self.boundaries:
+            raise ValueError(f"boundaries: must increase strictly, got {self.boundaries}")
+        return self
+
+    def default_name(self) -> str:
+        phases = [f"{v:g}" for v in self.values]
+        return "piecewise " + " -> ".join(
+            f"{phase}@{step}" for phase, step in zip(phases, [0, *self.boundaries], strict=True)
+        )
+
+    def build(self, *, seed: int, steps: int, vocab_size: int) -> Controller:
+        return Schedule.piecewise(self.boundaries, self.values)
+
+
 class EntropyTargetSpec(_Spec):
     """``mc.EntropyTarget``: closed-loop temperature toward a target token entropy."""
 
@@ -251,6 +282,7 @@ ControllerSpec = Annotated[
     | MetaGradientSpec
     | SlidingWindowUCBSpec
     | ScheduleSpec
+    | PiecewiseSpec
     | EntropyTargetSpec
     | FixedSpec,
     Field(discriminator="kind"),
@@ -262,6 +294,7 @@ CONTROLLER_KINDS: tuple[str, ...] = (
     "meta_gradient",
     "sliding_window_ucb",
     "schedule",
+    "piecewise",
     "entropy_target",
     "fixed",
 )

@@ -48,6 +48,7 @@ def test_every_controller_kind_builds_the_documented_object() -> None:
             {"kind": "schedule", "start": 0.9, "end": 1.5},
             {"kind": "entropy_target"},
             {"kind": "fixed", "temperature": 0.6},
+            {"kind": "piecewise", "boundaries": [75], "values": [1.0, 0.6]},
         )
     )
     built = [c.build(seed=0, steps=cfg.steps, vocab_size=50) for c in cfg.controllers]
@@ -60,8 +61,11 @@ def test_every_controller_kind_builds_the_documented_object() -> None:
         mc.Schedule,
         mc.EntropyTarget,
         mc.Fixed,
+        mc.Schedule,
     ]
     assert isinstance(built[2].space, mc.Box) and built[2].space.log
+    assert [built[7].value_at(s) for s in (0, 74, 75, 149)] == [1.0, 1.0, 0.6, 0.6]
+    assert cfg.controllers[7].label() == "piecewise 1@0 -> 0.6@75"
     assert built[4].value_at(cfg.steps) == pytest.approx(1.5)  # linear over the run's steps
     assert {c.kind for c in cfg.controllers} == set(CONTROLLER_KINDS)
     labels = [c.label() for c in cfg.controllers]
@@ -89,6 +93,15 @@ def test_negative_temperature_is_rejected_naming_the_field() -> None:
         (_cfg({"kind": "tampo", "emma": 0.1}), "emma"),
         (_cfg({"kind": "entropy_target", "low": 2.0, "high": 1.0}), "low must be < high"),
         (_cfg({"kind": "schedule", "end": 0}), "end"),
+        (_cfg({"kind": "piecewise", "boundaries": [50], "values": [1.0]}), "values"),
+        (
+            _cfg({"kind": "piecewise", "boundaries": [50], "values": [1.0, 0.6, 0.7]}),
+            "one more than boundaries",
+        ),
+        (
+            _cfg({"kind": "piecewise", "boundaries": [60, 30], "values": [1, 0.8, 0.6]}),
+            "increase strictly",
+        ),
         (_cfg({"kind": "fixed", "temperature": 1}, task="chess"), "task"),
         (_cfg({"kind": "fixed", "temperature": 1}, difficulty=40), "difficulty"),
         (_cfg({"kind": "fixed", "temperature": 1}, steps=0), "steps"),
