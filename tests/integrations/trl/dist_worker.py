@@ -55,9 +55,14 @@ def main(out: str) -> None:
         "state": trainer.controller.state_dict(),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    # Tear gloo down before exit: a process group left to the interpreter's exit can abort
-    # ("terminate called without an active exception") while its threads still run.
-    torch.distributed.destroy_process_group()
+    # Leave without running destructors. Tearing gloo down at exit is racy in torch: left to the
+    # interpreter it can abort ("terminate called without an active exception"); destroyed
+    # explicitly, the DDP reducer's destructor can join a gloo thread that waits for the GIL
+    # (a deadlock seen in CI). Both ranks have written their results; the barrier makes sure.
+    torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
