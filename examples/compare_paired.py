@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
+from metactl.integrations.lab.report import mean_ci95
 from metactl.integrations.lab.rundir import list_runs, read_meta
 
 #: The trainer settings that change what a run learns (not where it runs or logs).
@@ -53,15 +50,6 @@ def finished_runs(folders: list[str]) -> dict[str, dict[int, dict[str, float]]]:
     return runs
 
 
-def paired(differences: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean and 95% Student-t interval of per-seed differences (no interval for one seed)."""
-    d = np.asarray(differences, dtype=np.float64)
-    if d.size < 2:
-        return float(d.mean()), None, None
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
 def main(args: Args) -> None:
     runs = finished_runs(args.folders)
     if args.baseline not in runs:
@@ -71,7 +59,7 @@ def main(args: Args) -> None:
         seeds = sorted(set(by_seed) & set(base))
         row: dict[str, object] = {"controller": label, "baseline": args.baseline, "seeds": seeds}
         for metric in ("final", "auc"):
-            mean, low, high = paired([by_seed[s][metric] - base[s][metric] for s in seeds])
+            mean, low, high = mean_ci95([by_seed[s][metric] - base[s][metric] for s in seeds])
             row[f"{metric}_diff_pts"] = round(100 * mean, 2)
             row[f"{metric}_diff_ci95_pts"] = (
                 None if low is None or high is None else [round(100 * low, 2), round(100 * high, 2)]

@@ -218,6 +218,7 @@ class PPO:
                 f"of num_steps * num_envs = {self.config.num_steps} * {self.num_envs} = {batch} steps"
             )
         self.controller = check_temperature_controller(controller, PPO_FEEDBACK)
+        self._feedback_kind = preferred_feedback(self.controller, PPO_FEEDBACK)
         self.device = torch.device(device)
         self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
@@ -388,7 +389,7 @@ class PPO:
         - EntropyObservation: the mean entropy of ``pi_T`` over the valid steps (None if it
           is not positive, as a Gaussian's differential entropy can be).
         """
-        kind = preferred_feedback(self.controller, PPO_FEEDBACK)
+        kind = self._feedback_kind
         idx = rollout.valid_index()
         if kind is Counterfactual:
             if idx.numel() == 0:

@@ -168,6 +168,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         if isinstance(self.controller, mc.BaseController) and not self.controller.seeded:
             self.controller.reseed(self.args.seed)
         _warn_unused_temperature(self.args)
+        # Fixed for the controller's lifetime: chosen once, not per micro-batch.
+        self._feedback_kind = mc.preferred_feedback(self.controller, TRL_FEEDBACK)
         if self.accelerator.num_processes > 1:
             self.controller.load_state_dict(
                 _broadcast_json(self.controller.state_dict(), self.accelerator)
@@ -246,7 +248,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         if not (self.model.training and first_pass and stats is not None):
             loss = super()._compute_loss(model, inputs)
             return loss
-        kind = mc.preferred_feedback(self.controller, TRL_FEEDBACK)
+        kind = self._feedback_kind
         if kind is mc.Counterfactual and stats.decision.virtual.size > 0:
             self._tap.temperatures = stats.decision.virtual.tolist()
             try:
@@ -285,8 +287,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
 
     def _finish_round(self, stats: RoundStats) -> None:
         """Update the controller from the round's statistics, identically on every process."""
-        kind = mc.preferred_feedback(self.controller, TRL_FEEDBACK)
-        feedback, extra = stats.feedback(kind, self.accelerator, self.outcome)
+        feedback, extra = stats.feedback(self._feedback_kind, self.accelerator, self.outcome)
         metrics = dict(extra)
         if stats.informative_fraction is not None:
             metrics["meta/informative_fraction"] = stats.informative_fraction
