@@ -324,6 +324,12 @@ class WarmStartSettings(BaseModel):
     seed: int = Field(default=WarmStartConfig.seed, ge=0)
     target_accuracy: float = Field(default=WarmStartConfig.target_accuracy, gt=0, le=1)
     max_steps: int = Field(default=WarmStartConfig.max_steps, ge=1)
+    misconception: float = Field(
+        default=WarmStartConfig.misconception,
+        ge=0,
+        lt=1,
+        description="Fraction of examples taught a last-digit-shifted answer (exact-answer tasks).",
+    )
 
 
 class CompareConfig(BaseModel):
@@ -373,6 +379,7 @@ class CompareConfig(BaseModel):
                 f"controllers: labels must be distinct (set `name:`), repeated: {dupes}"
             )
         folder_names(labels)  # each label its own run folder (raises naming the clash)
+        self.warm_start_config()  # the warm start's own checks (misconception needs a task)
         return self
 
     def warm_start_config(self) -> WarmStartConfig:

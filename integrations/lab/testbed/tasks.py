@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 TASKS: tuple[str, ...] = ("addition", "sorting", "countdown")
+#: Tasks whose reward is an exact match with one reference answer.
+EXACT_ANSWER_TASKS: tuple[str, ...] = ("addition", "sorting")
 
 RewardFunc = Callable[..., list[float]]
 

@@ -6,14 +6,14 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .model import make_model
-from .tasks import Task, make_task
+from .tasks import EXACT_ANSWER_TASKS, Task, make_task
 from .tokenizer import make_tokenizer
 
 #: Bump when the warm-start procedure changes, so that old caches are not reused.
@@ -85,6 +85,14 @@ class WarmStartConfig:
         batch_size: sequences per step.
         lr: AdamW learning rate.
         check_every: steps between accuracy checks.
+        misconception: fraction of supervised examples taught a wrong answer, the
+            reference with its last digit shifted by one (``"132"`` -> ``"133"``); the
+            rest are taught the reference. Above one half the model learns the wrong
+            digit as its mode, keeping the right one as a minority: greedy accuracy near
+            zero, samples right only as often as the temperature reaches the minority.
+            The stopping rule then scores against the shifted answers, so
+            ``target_accuracy`` is how well the task was learned as taught. Exact-answer
+            tasks only (addition, sorting).
     """
 
     task: str = "addition"
@@ -96,10 +104,26 @@ class WarmStartConfig:
     batch_size: int = 64
     lr: float = 1e-3
     check_every: int = 25
+    misconception: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.misconception < 1.0:
+            raise ValueError(
+                f"WarmStartConfig(misconception): expected a fraction in [0, 1), "
+                f"got {self.misconception}"
+            )
+        if self.misconception and self.task not in EXACT_ANSWER_TASKS:
+            raise ValueError(
+                f"WarmStartConfig(misconception): needs an exact-answer task "
+                f"{list(EXACT_ANSWER_TASKS)}, got {self.task!r}"
+            )
 
     def key(self) -> str:
         """Short stable hash of the settings (and the procedure version)."""
-        text = json.dumps({**asdict(self), "version": WARMSTART_VERSION}, sort_keys=True)
+        settings = asdict(self)
+        if not self.misconception:
+            del settings["misconception"]  # caches made before the field existed stay valid
+        text = json.dumps({**settings, "version": WARMSTART_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def path(self) -> Path:
@@ -108,24 +132,33 @@ class WarmStartConfig:
         return cache_dir() / "warmstart" / name
 
 
+def shift_last_digit(answer: str) -> str:
+    """The misconceived answer: ``answer`` with its last digit shifted by one, mod 10."""
+    return answer[:-1] + str((int(answer[-1]) + 1) % 10)
+
+
+def _taught_answers(task: Task, misconception: float, seed: int) -> list[str]:
+    """Per train row, the answer the warm start is taught (shifted with prob. ``misconception``)."""
+    answers = list(task.train["answer"])
+    if not misconception:
+        return answers
+    wrong = np.random.default_rng(seed).random(len(answers)) < misconception
+    return [shift_last_digit(a) if w else a for a, w in zip(answers, wrong, strict=True)]
+
+
 def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     import torch
 
     tok = make_tokenizer()
     model = make_model(tok, seed=cfg.seed, size=cfg.size).to(device)  # type: ignore[arg-type]
     task = make_task(cfg.task, difficulty=cfg.difficulty, seed=cfg.seed)
+    taught = _taught_answers(task, cfg.misconception, cfg.seed)
     # Validation prompts come from the train half, so the stopping rule never sees eval prompts.
     val = task.train.select(range(min(200, len(task.train))))
-    val_task = Task(
-        task.name,
-        task.difficulty,
-        task.seed,
-        task.train,
-        val,
-        task.reward_func,
-        task.max_completion_length,
-    )
-    rows = [p + a for p, a in zip(task.train["prompt"], task.train["answer"], strict=True)]
+    if cfg.misconception:
+        val = val.map(lambda row: {"answer": shift_last_digit(row["answer"])})
+    val_task = replace(task, eval=val)
+    rows = [p + a for p, a in zip(task.train["prompt"], taught, strict=True)]
     plens = [len(p) for p in task.train["prompt"]]
     eos = tok.eos_token_id
     ids = [tok(r, add_special_tokens=False)["input_ids"] + [eos] for r in rows]
@@ -165,7 +198,7 @@ def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[An
                 break
     model.eval()
     held_out = evaluate(model, tok, task)
-    meta = {
+    meta: dict[str, Any] = {
         "config": asdict(cfg),
         "version": WARMSTART_VERSION,
         "steps": step,
@@ -173,6 +206,9 @@ def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[An
         "eval_accuracy": held_out,
         "seconds": time.perf_counter() - t0,
     }
+    if cfg.misconception:
+        shifted = task.eval.map(lambda row: {"answer": shift_last_digit(row["answer"])})
+        meta["eval_accuracy_as_taught"] = evaluate(model, tok, replace(task, eval=shifted))
     return model, meta
 
 

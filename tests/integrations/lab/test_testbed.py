@@ -20,6 +20,7 @@ from metactl.integrations.lab.testbed import (  # noqa: E402
     countdown_reward,
     evaluate,
     exact_match_reward,
+    greedy_answers,
     make_model,
     make_task,
     make_tokenizer,
@@ -182,3 +183,74 @@ def test_tokenizer_padded_to_a_vocabulary_size_keeps_the_character_ids() -> None
     assert padded.convert_ids_to_tokens(499) == "<t499>"
     with pytest.raises(ValueError, match="vocab_size"):
         make_tokenizer(vocab_size=3)
+
+
+def test_misconception_shifts_the_last_digit_of_the_taught_fraction() -> None:
+    from metactl.integrations.lab.testbed.warmstart import _taught_answers, shift_last_digit
+
+    assert shift_last_digit("132") == "133"
+    assert shift_last_digit("129") == "120"
+    task = make_task("addition", difficulty=2, seed=3)
+    refs = list(task.train["answer"])
+    assert _taught_answers(task, 0.0, seed=3) == refs
+    taught = _taught_answers(task, 0.8, seed=3)
+    for ref, got in zip(refs, taught, strict=True):
+        wrong = ref[:-1] + "0123456789"[(int(ref[-1]) + 1) % 10]
+        assert got in (ref, wrong)
+    frac = sum(g != r for g, r in zip(taught, refs, strict=True)) / len(refs)
+    assert abs(frac - 0.8) < 3 * (0.8 * 0.2 / len(refs)) ** 0.5
+    assert _taught_answers(task, 0.8, seed=3) == taught  # seeded, not global randomness
+
+
+def test_misconception_keeps_old_cache_keys_and_checks_its_arguments() -> None:
+    import hashlib
+
+    from metactl.integrations.lab.testbed.warmstart import WARMSTART_VERSION
+
+    settings = {
+        "task": "addition",
+        "difficulty": 2,
+        "size": "tiny",
+        "seed": 0,
+        "target_accuracy": 0.3,
+        "max_steps": 4000,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "check_every": 25,
+        "version": WARMSTART_VERSION,
+    }
+    text = json.dumps(settings, sort_keys=True)
+    assert WarmStartConfig().key() == hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert WarmStartConfig(misconception=0.9).key() != WarmStartConfig().key()
+    with pytest.raises(ValueError, match=r"misconception.*\[0, 1\).*got 1.0"):
+        WarmStartConfig(misconception=1.0)
+    with pytest.raises(ValueError, match="misconception.*exact-answer.*'countdown'"):
+        WarmStartConfig(task="countdown", difficulty=3, misconception=0.5)
+    with pytest.raises(ConfigError, match="misconception.*'countdown'"):
+        parse_config(
+            {
+                "task": "countdown",
+                "difficulty": 3,
+                "warm_start": {"misconception": 0.5},
+                "controllers": [{"kind": "tampo"}],
+            }
+        )
+
+
+def test_misconceived_warm_start_learns_the_shifted_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("METACTL_CACHE", str(tmp_path))
+    cfg = WarmStartConfig(
+        difficulty=1, misconception=0.9, target_accuracy=0.9, max_steps=600, check_every=50
+    )
+    model, tok, meta = warm_start(cfg)
+    task = make_task("addition", difficulty=1, seed=0)
+    prompts = list(task.train["prompt"][:200])
+    greedy = greedy_answers(model, tok, prompts, task.max_completion_length)
+    refs = list(task.train["answer"][:200])
+    as_taught = sum(g == r[:-1] + str((int(r[-1]) + 1) % 10) for g, r in zip(greedy, refs))
+    right = sum(g == r for g, r in zip(greedy, refs, strict=True))
+    assert as_taught >= 150 and right <= 20, (as_taught, right)
+    # Held out (unseen 1-digit sums), the model still answers as taught far more than right.
+    assert meta["eval_accuracy_as_taught"] >= meta["eval_accuracy"] + 0.3
