@@ -249,7 +249,9 @@ def test_misconceived_warm_start_learns_the_shifted_answer(
     prompts = list(task.train["prompt"][:200])
     greedy = greedy_answers(model, tok, prompts, task.max_completion_length)
     refs = list(task.train["answer"][:200])
-    as_taught = sum(g == r[:-1] + str((int(r[-1]) + 1) % 10) for g, r in zip(greedy, refs))
+    as_taught = sum(
+        g == r[:-1] + str((int(r[-1]) + 1) % 10) for g, r in zip(greedy, refs, strict=True)
+    )
     right = sum(g == r for g, r in zip(greedy, refs, strict=True))
     assert as_taught >= 150 and right <= 20, (as_taught, right)
     # Held out (unseen 1-digit sums), the model still answers as taught far more than right.
