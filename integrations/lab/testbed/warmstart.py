@@ -86,7 +86,7 @@ class WarmStartConfig:
         lr: AdamW learning rate.
         check_every: steps between accuracy checks.
         misconception: fraction of supervised examples taught a wrong answer, the
-            reference with its last digit shifted by five (``"132"`` -> ``"137"``); the
+            reference with its last digit shifted by one (``"132"`` -> ``"133"``); the
             rest are taught the reference. Above one half the model learns the wrong
             digit as its mode, keeping the right one as a minority: greedy accuracy near
             zero, samples right only as often as the temperature reaches the minority.
@@ -133,13 +133,8 @@ class WarmStartConfig:
 
 
 def shift_last_digit(answer: str) -> str:
-    """The misconceived answer: ``answer`` with its last digit shifted by five, mod 10.
-
-    Five, not one: the model's own doubt about a digit (a carry) puts mass on its
-    neighbours, so a right digit next to the taught one would be sampled often at any
-    temperature; five digits away it is reached only by the minority the warm start kept.
-    """
-    return answer[:-1] + str((int(answer[-1]) + 5) % 10)
+    """The misconceived answer: ``answer`` with its last digit shifted by one, mod 10."""
+    return answer[:-1] + str((int(answer[-1]) + 1) % 10)
 
 
 def _taught_answers(task: Task, misconception: float, seed: int) -> list[str]:

@@ -188,14 +188,14 @@ def test_tokenizer_padded_to_a_vocabulary_size_keeps_the_character_ids() -> None
 def test_misconception_shifts_the_last_digit_of_the_taught_fraction() -> None:
     from metactl.integrations.lab.testbed.warmstart import _taught_answers, shift_last_digit
 
-    assert shift_last_digit("132") == "137"
-    assert shift_last_digit("129") == "124"
+    assert shift_last_digit("132") == "133"
+    assert shift_last_digit("129") == "120"
     task = make_task("addition", difficulty=2, seed=3)
     refs = list(task.train["answer"])
     assert _taught_answers(task, 0.0, seed=3) == refs
     taught = _taught_answers(task, 0.8, seed=3)
     for ref, got in zip(refs, taught, strict=True):
-        wrong = ref[:-1] + "0123456789"[(int(ref[-1]) + 5) % 10]
+        wrong = ref[:-1] + "0123456789"[(int(ref[-1]) + 1) % 10]
         assert got in (ref, wrong)
     frac = sum(g != r for g, r in zip(taught, refs, strict=True)) / len(refs)
     assert abs(frac - 0.8) < 3 * (0.8 * 0.2 / len(refs)) ** 0.5
@@ -250,7 +250,7 @@ def test_misconceived_warm_start_learns_the_shifted_answer(
     greedy = greedy_answers(model, tok, prompts, task.max_completion_length)
     refs = list(task.train["answer"][:200])
     as_taught = sum(
-        g == r[:-1] + str((int(r[-1]) + 5) % 10) for g, r in zip(greedy, refs, strict=True)
+        g == r[:-1] + str((int(r[-1]) + 1) % 10) for g, r in zip(greedy, refs, strict=True)
     )
     right = sum(g == r for g, r in zip(greedy, refs, strict=True))
     assert as_taught >= 150 and right <= 20, (as_taught, right)
