@@ -1,12 +1,18 @@
 """Paired differences between controllers of ``metactl compare`` folders, seed by seed.
 
     python examples/compare_paired.py runs/addition2 runs/addition2-ucb --baseline "T=0.6"
+    python examples/compare_paired.py runs/headroom-misconception --headroom
 
 Every controller of the folders is compared with ``--baseline`` on the seeds both finished:
 the mean of the per-seed differences of final held-out accuracy and of AUC, with a 95%
 Student-t interval over those differences (pairing by seed removes the variation that the
 shared warm start and data order put into both). Folders must hold the same task and settings
 (checked). One JSON object per controller.
+
+``--headroom`` prints, per metric, the best schedule (``schedule`` or ``piecewise`` runs) minus
+the best fixed temperature (``fixed`` runs), each the best by mean over the seeds every one of
+them finished: the headroom of docs/testbed.md. Picking both after the fact makes it lean
+optimistic when many schedules are tried.
 """
 
 from __future__ import annotations
@@ -23,14 +29,25 @@ from metactl.integrations.lab.rundir import list_runs, read_meta
 LEARNING_SETTINGS = ("learning_rate", "prompts_per_step", "num_generations", "beta")
 
 
+#: Controller kinds that are a fixed temperature, and those that are a preset course of them.
+FIXED_KINDS = ("fixed",)
+SCHEDULE_KINDS = ("schedule", "piecewise")
+
+
 @dataclass
 class Args:
     folders: list[str]
-    baseline: str
+    baseline: str | None
+    headroom: bool
 
 
-def finished_runs(folders: list[str]) -> dict[str, dict[int, dict[str, float]]]:
-    """``label -> seed -> {"final": ..., "auc": ...}`` over every finished run of ``folders``."""
+def finished_runs(
+    folders: list[str], kinds: dict[str, str] | None = None
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``label -> seed -> {"final": ..., "auc": ...}`` over every finished run of ``folders``.
+
+    ``kinds``, when given, is filled with ``label -> controller kind``.
+    """
     runs: dict[str, dict[int, dict[str, float]]] = {}
     settings = None
     for folder in folders:
@@ -47,10 +64,62 @@ def finished_runs(folders: list[str]) -> dict[str, dict[int, dict[str, float]]]:
                     "final": float(run.result["final_accuracy"]),
                     "auc": float(run.result["auc"]),
                 }
+                if kinds is not None:
+                    kinds[run.label] = str(run.result["kind"])
     return runs
 
 
+def paired(
+    by_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]], metric: str
+) -> tuple[float, list[float] | None]:
+    """Mean per-seed difference ``by_seed - base`` of ``metric`` in points, with its 95% CI."""
+    seeds = sorted(set(by_seed) & set(base))
+    mean, low, high = mean_ci95([by_seed[s][metric] - base[s][metric] for s in seeds])
+    interval = None if low is None or high is None else [round(100 * low, 2), round(100 * high, 2)]
+    return round(100 * mean, 2), interval
+
+
+def headroom(folders: list[str]) -> None:
+    """Print, per metric, the best schedule minus the best fixed temperature, paired by seed."""
+    kinds: dict[str, str] = {}
+    runs = finished_runs(folders, kinds)
+    fixed = [label for label in runs if kinds[label] in FIXED_KINDS]
+    schedules = [label for label in runs if kinds[label] in SCHEDULE_KINDS]
+    if not fixed or not schedules:
+        raise SystemExit(
+            f"compare_paired --headroom: needs fixed and schedule runs; have kinds {kinds}"
+        )
+    seeds = sorted(set.intersection(*(set(runs[label]) for label in fixed + schedules)))
+    if not seeds:
+        raise SystemExit(
+            "compare_paired --headroom: no seed that every fixed and schedule run finished"
+        )
+    common = {label: {s: runs[label][s] for s in seeds} for label in fixed + schedules}
+    for metric in ("final", "auc"):
+        means = {
+            label: sum(v[metric] for v in common[label].values()) / len(seeds) for label in common
+        }
+        best_fixed = max(fixed, key=means.__getitem__)
+        best_schedule = max(schedules, key=means.__getitem__)
+        diff, interval = paired(common[best_schedule], common[best_fixed], metric)
+        row = {
+            "metric": metric,
+            "seeds": seeds,
+            "best_fixed": best_fixed,
+            "best_fixed_pts": round(100 * means[best_fixed], 2),
+            "best_schedule": best_schedule,
+            "best_schedule_pts": round(100 * means[best_schedule], 2),
+            "headroom_pts": diff,
+            "headroom_ci95_pts": interval,
+        }
+        print(json.dumps(row))
+
+
 def main(args: Args) -> None:
+    if args.headroom:
+        headroom(args.folders)
+        return
+    assert args.baseline is not None  # argparse requires one of the two
     runs = finished_runs(args.folders)
     if args.baseline not in runs:
         raise SystemExit(f"compare_paired: no finished run of {args.baseline!r}; have {list(runs)}")
@@ -59,10 +128,8 @@ def main(args: Args) -> None:
         seeds = sorted(set(by_seed) & set(base))
         row: dict[str, object] = {"controller": label, "baseline": args.baseline, "seeds": seeds}
         for metric in ("final", "auc"):
-            mean, low, high = mean_ci95([by_seed[s][metric] - base[s][metric] for s in seeds])
-            row[f"{metric}_diff_pts"] = round(100 * mean, 2)
-            row[f"{metric}_diff_ci95_pts"] = (
-                None if low is None or high is None else [round(100 * low, 2), round(100 * high, 2)]
+            row[f"{metric}_diff_pts"], row[f"{metric}_diff_ci95_pts"] = paired(
+                by_seed, base, metric
             )
         print(json.dumps(row))
 
@@ -70,5 +137,9 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", help="metactl compare output folders")
-    parser.add_argument("--baseline", required=True, help="controller label to compare with")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--baseline", help="controller label to compare with")
+    mode.add_argument(
+        "--headroom", action="store_true", help="best schedule minus best fixed temperature"
+    )
     main(Args(**vars(parser.parse_args())))

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[3] / "examples" / "compare_paired.py"
 SETTINGS = {"task": "addition", "difficulty": 2, "steps": 10, "warm_start": {}, "trainer": {}}
 
 
-def _folder(out: Path, finals: dict[str, list[float]]) -> None:
+def _folder(out: Path, finals: dict[str, list[float]], kinds: dict[str, str] | None = None) -> None:
     labels = list(finals)
     seeds = list(range(len(next(iter(finals.values())))))
     out.mkdir()
@@ -25,7 +25,13 @@ def _folder(out: Path, finals: dict[str, list[float]]) -> None:
             run_dir.mkdir(parents=True)
             write_result(
                 run_dir,
-                {"controller": label, "seed": seed, "final_accuracy": final, "auc": final / 2},
+                {
+                    "controller": label,
+                    "kind": (kinds or {}).get(label, "fixed"),
+                    "seed": seed,
+                    "final_accuracy": final,
+                    "auc": final / 2,
+                },
             )
 
 
@@ -75,3 +81,41 @@ def test_folders_of_other_settings_are_refused(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode != 0 and "ran other settings" in proc.stderr
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
+
+
+def test_headroom_is_best_schedule_minus_best_fixed_paired_by_seed(tmp_path: Path) -> None:
+    finals = {
+        "T=a": [0.50, 0.60, 0.70],  # mean 0.600
+        "T=b": [0.55, 0.65, 0.70],  # mean 0.633: the best fixed
+        "s1": [0.60, 0.70, 0.80],  # mean 0.700: the best schedule
+        "s2": [0.50, 0.50, 0.50],
+        "tampo": [0.90, 0.90, 0.90],  # adaptive: neither fixed nor schedule
+    }
+    kinds = {"s1": "piecewise", "s2": "schedule", "tampo": "tampo"}
+    _folder(tmp_path / "a", finals, kinds)
+    proc = _run(str(tmp_path / "a"), "--headroom")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["metric"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    final = rows["final"]
+    assert (final["best_fixed"], final["best_schedule"]) == ("T=b", "s1")
+    assert final["seeds"] == [0, 1, 2]
+    # s1 - T=b = [5, 5, 10] points: mean 6.667, sd 2.887, t(0.975, 2) = 4.302653
+    diffs = [5.0, 5.0, 10.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    half = 4.302653 * sd / math.sqrt(3)
+    assert final["headroom_pts"] == round(mean, 2)
+    assert final["headroom_ci95_pts"] == [round(mean - half, 2), round(mean + half, 2)]
+    assert rows["auc"]["headroom_pts"] == round(mean / 2, 2)
+
+
+def test_headroom_needs_fixed_and_schedule_runs(tmp_path: Path) -> None:
+    _folder(tmp_path / "a", {"T=a": [0.5, 0.6], "tampo": [0.6, 0.7]}, {"tampo": "tampo"})
+    proc = _run(str(tmp_path / "a"), "--headroom")
+    assert proc.returncode != 0 and "needs fixed and schedule runs" in proc.stderr
+    proc = _run(str(tmp_path / "a"))
+    assert proc.returncode == 2 and "--baseline" in proc.stderr
