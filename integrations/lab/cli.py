@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,10 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(
         f"report: {out / 'report.md'}  figure: {out / 'report.png'}  summary: {out / 'summary.json'}"
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(
@@ -106,6 +111,8 @@ def _run(
         f"{device}, {args.workers} worker(s) -> {out}",
         flush=True,
     )
+    # `kill` (a scheduler's stop) ends a job as Ctrl-C does: workers stopped, report written.
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = run_compare(
             cfg,
@@ -122,6 +129,8 @@ def _run(
     except KeyboardInterrupt:
         print(f"\nmetactl: interrupted; finished runs and the report are in {out}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     _print_summary(summary, out)
     return 0
 

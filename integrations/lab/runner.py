@@ -539,6 +539,7 @@ def _run_parallel(
     from metactl.integrations.lab.report import write_report
 
     cfg_data = cfg.model_dump(mode="json")
+    others = set(multiprocessing.active_children())
     # spawn, not fork: torch and its thread pools are not fork-safe.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: dict[Future[dict[str, Any]], tuple[int, int]] = {
@@ -559,4 +560,9 @@ def _run_parallel(
                     write_report(out, figure=False)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
+            # Stop the runs in flight too: a worker left training after the job ended would
+            # write into a run folder that a --resume may be rerunning. Their folders hold no
+            # result.json, so they count as unfinished and --resume reruns them.
+            for worker in set(multiprocessing.active_children()) - others:
+                worker.terminate()
             raise

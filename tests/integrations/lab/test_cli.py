@@ -815,6 +815,91 @@ def test_workers_give_the_results_of_runs_one_after_another(
         assert par == seq
 
 
+def _children(pid: int) -> set[int]:
+    """Pids of the live (not zombie) child processes of ``pid``, from /proc."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_stops_a_parallel_job_and_its_workers(tmp_path: Path) -> None:
+    """`kill` of a --workers job ends it as Ctrl-C does, and no worker trains on afterwards."""
+    import os
+    import signal
+    import time
+
+    pytest.importorskip("trl")
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            _cfg(
+                {"kind": "fixed", "temperature": 0.6},
+                {"kind": "fixed", "temperature": 1.0},
+                steps=500,  # far longer than the test waits
+                seeds=1,
+                eval_every=100,
+                eval_size=16,
+                trainer={"prompts_per_step": 2, "num_generations": 2},
+                warm_start={"max_steps": 25},
+            )
+        )
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "METACTL_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "metactl.integrations.lab.cli", "compare", str(config)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out), "--workers", "2", "--no-plot"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        started = []
+        while len(started) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)  # both runs are training once each logged its step-0 evaluation
+            started = list(out.glob("runs/*/seed0/metrics.jsonl"))
+        assert len(started) == 2, proc.communicate(timeout=60)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # the test failed: leave no job or worker behind
+            for pid in _children(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished_runs"] == 0 and summary["complete"] is False
+    assert not list(out.glob("runs/*/seed0/result.json"))
+
+
 def test_cuda_without_a_gpu_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
