@@ -326,9 +326,8 @@ class WarmStartSettings(BaseModel):
     max_steps: int = Field(default=WarmStartConfig.max_steps, ge=1)
     misconception: float = Field(
         default=WarmStartConfig.misconception,
-        ge=0,
-        lt=1,
-        description="Fraction of examples taught a last-digit-shifted answer (exact-answer tasks).",
+        description="Fraction of examples taught a last-digit-shifted answer (checked by "
+        "WarmStartConfig: in [0, 1), exact-answer tasks).",
     )
 
 

@@ -226,6 +226,8 @@ def test_misconception_keeps_old_cache_keys_and_checks_its_arguments() -> None:
         WarmStartConfig(misconception=1.0)
     with pytest.raises(ValueError, match="misconception.*exact-answer.*'countdown'"):
         WarmStartConfig(task="countdown", difficulty=3, misconception=0.5)
+    with pytest.raises(ConfigError, match=r"misconception.*\[0, 1\).*got 1.5"):
+        parse_config({"warm_start": {"misconception": 1.5}, "controllers": [{"kind": "tampo"}]})
     with pytest.raises(ConfigError, match="misconception.*'countdown'"):
         parse_config(
             {
