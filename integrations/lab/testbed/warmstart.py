@@ -137,6 +137,11 @@ def shift_last_digit(answer: str) -> str:
     return answer[:-1] + str((int(answer[-1]) + 1) % 10)
 
 
+def _shifted(rows: Any) -> Any:
+    """``rows`` (a ``datasets.Dataset``) with every ``answer`` as the misconception teaches it."""
+    return rows.map(lambda row: {"answer": shift_last_digit(row["answer"])})
+
+
 def _taught_answers(task: Task, misconception: float, seed: int) -> list[str]:
     """Per train row, the answer the warm start is taught (shifted with prob. ``misconception``)."""
     answers = list(task.train["answer"])
@@ -156,7 +161,7 @@ def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[An
     # Validation prompts come from the train half, so the stopping rule never sees eval prompts.
     val = task.train.select(range(min(200, len(task.train))))
     if cfg.misconception:
-        val = val.map(lambda row: {"answer": shift_last_digit(row["answer"])})
+        val = _shifted(val)
     val_task = replace(task, eval=val)
     rows = [p + a for p, a in zip(task.train["prompt"], taught, strict=True)]
     plens = [len(p) for p in task.train["prompt"]]
@@ -207,8 +212,8 @@ def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[An
         "seconds": time.perf_counter() - t0,
     }
     if cfg.misconception:
-        shifted = task.eval.map(lambda row: {"answer": shift_last_digit(row["answer"])})
-        meta["eval_accuracy_as_taught"] = evaluate(model, tok, replace(task, eval=shifted))
+        as_taught = replace(task, eval=_shifted(task.eval))
+        meta["eval_accuracy_as_taught"] = evaluate(model, tok, as_taught)
     return model, meta
 
 

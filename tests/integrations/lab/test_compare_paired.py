@@ -35,22 +35,15 @@ def _folder(out: Path, finals: dict[str, list[float]], kinds: dict[str, str] | N
             )
 
 
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
+
+
 def test_paired_differences_match_a_hand_computation(tmp_path: Path) -> None:
     _folder(tmp_path / "a", {"base": [0.50, 0.60, 0.70], "x": [0.55, 0.60, 0.80]})
     _folder(tmp_path / "b", {"y": [0.40, 0.60, 0.70]})
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            str(tmp_path / "a"),
-            str(tmp_path / "b"),
-            "--baseline",
-            "base",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    proc = _run(str(tmp_path / "a"), str(tmp_path / "b"), "--baseline", "base")
+    assert proc.returncode == 0, proc.stderr
     rows = {r["controller"]: r for r in map(json.loads, proc.stdout.splitlines())}
     # x - base = [5, 0, 10] points: mean 5, sd 5, t(0.975, 2) = 4.302653 -> half 12.42
     half = 4.302653 * 5 / math.sqrt(3)
@@ -68,23 +61,8 @@ def test_folders_of_other_settings_are_refused(tmp_path: Path) -> None:
     meta = json.loads(meta_path.read_text())
     meta["config"]["difficulty"] = 3
     meta_path.write_text(json.dumps(meta))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            str(tmp_path / "a"),
-            str(tmp_path / "b"),
-            "--baseline",
-            "base",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = _run(str(tmp_path / "a"), str(tmp_path / "b"), "--baseline", "base")
     assert proc.returncode != 0 and "ran other settings" in proc.stderr
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
 
 
 def test_headroom_is_best_schedule_minus_best_fixed_paired_by_seed(tmp_path: Path) -> None:
