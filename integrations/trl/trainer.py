@@ -4,10 +4,10 @@ One generation round (TRL generates once every ``steps_per_generation * num_iter
 micro-steps) is one controller decision::
 
     round start   d = controller.sample(); T = d.value set on the trainer, generation config,
-                  generation kwargs or vLLM, and the fused LM head (policy, old and reference
-                  log-probs all at T)
+                  generation kwargs or vLLM, and the seam (policy, old and reference log-probs
+                  all at T)
     first pass    each micro-batch's loss forward also yields its rollouts' log-likelihoods at
-                  the virtual temperatures d.virtual (no extra model forward)
+                  the virtual temperatures d.virtual, through the seam (no extra model forward)
     round end     statistics gathered across processes -> controller.update(feedback), the
                   same on every rank; metrics into TRL's logs under "meta/"
     checkpoint    checkpoint-N/metactl_controller.json, restored by train(resume_from_checkpoint=...)
@@ -15,6 +15,7 @@ micro-steps) is one controller decision::
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
@@ -23,16 +24,31 @@ from typing import Any
 
 import torch
 from accelerate.utils import broadcast, is_peft_model
+from transformers.utils import logging
 from trl import GRPOTrainer
 
 import metactl as mc
 from metactl.integrations.torch._dispatch import IMPLEMENTATIONS, Implementation
 
-from ._head import RoundTemperature, VirtualScoreTap, check_kernel, refit_fused_head
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
+from ._seam import SUPPORTED, choose_seam
+
+logger = logging.get_logger(__name__)
 
 CONTROLLER_FILE = "metactl_controller.json"
 """Name of the controller's state file inside each ``checkpoint-N/`` folder."""
+
+CHECKPOINT_FORMAT = "metactl.trl/1"
+"""The file holds ``{"format": ..., "seam": ..., "controller": state_dict}``; older files held the
+bare ``state_dict``, and still load."""
+
+GRPO_TRAINER_METHODS = {
+    "_generate_and_score_completions": ("inputs",),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_get_per_token_logps_and_entropies": ("model",),
+}
+"""The private GRPOTrainer methods MetaGRPOTrainer relies on, and their leading parameters:
+checked on the installed TRL at construction (:func:`check_grpo_trainer`)."""
 
 TRL_FEEDBACK = (mc.Counterfactual, mc.Outcome, mc.EntropyObservation)
 """The feedback a round can give a controller; :func:`metactl.preferred_feedback` picks one."""
@@ -84,7 +100,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     otherwise runs at the current round's temperature.
 
     Args:
-        model, reward_funcs, args, ...: exactly those of ``trl.GRPOTrainer``.
+        model, reward_funcs, args, ...: exactly those of the installed ``trl.GRPOTrainer``
+            (passed through as given).
         controller: any metactl controller over the sampling temperature (arms must be positive
             temperatures). Learns from :class:`metactl.Counterfactual` feedback when it accepts it
             (TAMPO, MetaGradient), else from :class:`metactl.Outcome` (the round's mean reward),
@@ -101,15 +118,22 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             and teaches nothing). Both are computed over the whole round, gathered across
             processes. The fraction is logged every round as ``meta/informative_fraction``
             whatever the controller.
-        fold_implementation: what folds TRL's logits tiles into the virtual-temperature scores:
+        fold_implementation: what folds TRL's logits into the virtual-temperature scores:
             ``"auto"`` (default: the Triton kernel on CUDA/XPU, chunked torch code on CPU),
             ``"torch"`` or ``"triton"``; probed on the policy's device at construction. On a GPU
             without Triton ``"auto"`` raises rather than run the 100x slower torch code.
 
+    How the scores and the round's temperature reach TRL's loss (the *seam*: TRL's logits,
+    its fused LM head's tiles, or the final hidden states) is chosen at construction by probing
+    the installed TRL (see ``docs/trl.md``); ``trainer.seam`` names it, and every checkpoint
+    records it. The fallback seam warns once with its cost.
+
     Raises:
         TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
             option that cannot follow a changing temperature (``torch_compile``, a
-            ``temperature`` in ``generation_kwargs``), named in the message.
+            ``temperature`` in ``generation_kwargs``, ``use_liger_kernel`` on TRL < 1.14),
+            named in the message.
+        RuntimeError: the installed TRL cannot be followed (outside the supported range).
     """
 
     def __init__(
@@ -117,21 +141,11 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         model: Any,
         reward_funcs: Any = None,
         args: Any = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        reward_processing_classes: Any = None,
-        callbacks: Any = None,
-        optimizers: tuple[Any, Any] = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
-        tools: list[Callable[..., Any]] | None = None,
-        rollout_func: Any = None,
-        environment_factory: Any = None,
-        *,
+        *trainer_args: Any,
         controller: mc.Controller | None = None,
         outcome: OutcomeSignal = "mean_reward",
         fold_implementation: Implementation = "auto",
+        **trainer_kwargs: Any,
     ) -> None:
         if fold_implementation not in IMPLEMENTATIONS:
             raise ValueError(
@@ -145,23 +159,19 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             check_temperature_controller(controller)
         if args is not None:
             _check_config(args)
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        check_grpo_trainer()
+        if controller is not None:
+            _warn_used_controller(controller)
+        # the installed release's own parameters, whatever they are
+        super().__init__(model, reward_funcs, args, *trainer_args, **trainer_kwargs)
         _check_config(self.args)
+        if self.args.use_liger_kernel and "liger_grpo_loss" in vars(self):
+            raise ValueError(
+                "MetaGRPOTrainer does not support GRPOConfig(use_liger_kernel=True) on this TRL: "
+                "Liger's fused GRPO loss fixes the temperature when the trainer is built, so the "
+                "loss could not follow the controller. Set use_liger_kernel=False (or use "
+                "TRL >= 1.14, where the chunked loss reads the trainer's temperature)."
+            )
         self.controller: mc.Controller = (
             mc.TAMPO(seed=self.args.seed) if controller is None else controller
         )
@@ -175,26 +185,12 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 _broadcast_json(self.controller.state_dict(), self.accelerator)
             )
 
-        # One temperature object read by the policy's and the reference's fused LM heads.
-        self._round_temperature = RoundTemperature(self.temperature)
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
-        refit_fused_head(
-            policy,
-            self._round_temperature,
-            cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
-            outputs=("log_probs", "entropy"),
-        )
-        if self.ref_model is not None:
-            refit_fused_head(
-                self.accelerator.unwrap_model(self.ref_model),
-                self._round_temperature,
-                cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
-                outputs=("log_probs",),
-            )
-        check_kernel(
-            policy.get_output_embeddings().weight.device, implementation=fold_implementation
-        )
-        self._tap = VirtualScoreTap(policy, implementation=fold_implementation)
+        self._seam = choose_seam(self, policy, fold_implementation)
+        self.seam: str = self._seam.name
+        """The seam chosen for the installed TRL: ``"logits"``, ``"fused-tiles"`` or
+        ``"hidden-states"``."""
+        logger.info("MetaGRPOTrainer: virtual scores through the %r seam", self.seam)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
 
@@ -203,7 +199,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         """Set the sampling and scoring temperature everywhere TRL reads it."""
         value = float(value)
         self.temperature = value
-        self._round_temperature.value = value
+        self._seam.set_temperature(value)
         if self.use_vllm:
             self.vllm_generation.temperature = value
         else:
@@ -240,24 +236,27 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 )
         return rewards_per_func
 
-    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """GRPOTrainer's loss; in a round's first pass the seam also scores the virtual temperatures."""
         generate_every = self.args.steps_per_generation * self.num_iterations
         first_pass = self._step % generate_every < self.args.steps_per_generation
         stats = self._round
-        loss: torch.Tensor
         if not (self.model.training and first_pass and stats is not None):
-            loss = super()._compute_loss(model, inputs)
-            return loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         kind = self._feedback_kind
         if kind is mc.Counterfactual and stats.decision.virtual.size > 0:
-            self._tap.temperatures = stats.decision.virtual.tolist()
-            try:
-                loss = super()._compute_loss(model, inputs)
-            finally:
-                self._tap.temperatures = None
-            self._score_virtual(stats, inputs, self._tap.take(inputs["completion_ids"].size(0)))
+            length = inputs["completion_ids"].size(1)
+            with self._seam.armed(stats.decision.virtual.tolist(), length):
+                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self._score_virtual(stats, inputs, self._seam.take(inputs["completion_ids"].size(0)))
         else:
-            loss = super()._compute_loss(model, inputs)
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if kind is mc.EntropyObservation:
                 stats.add_entropy(self._metrics["train"]["entropy"][-1])
         return loss
@@ -265,15 +264,12 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     def _score_virtual(
         self, stats: RoundStats, inputs: dict[str, Any], per_token: torch.Tensor
     ) -> None:
-        """Sum this micro-batch's completion-token scores ``[B, L - 1, K]`` per rollout."""
-        prompt_len = inputs["prompt_ids"].size(1)
-        length = inputs["completion_ids"].size(1)
+        """Sum this micro-batch's completion-token scores ``[B, L, K]`` per rollout."""
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         mask = mask.to(per_token.device, torch.float32)
-        scores = per_token[:, prompt_len - 1 : prompt_len - 1 + length]
-        sums = (scores * mask[..., None]).sum(dim=1)
+        sums = (per_token * mask[..., None]).sum(dim=1)
         stats.add_rollouts(sums, mask.sum(dim=1), inputs["advantages"])
 
     def training_step(
@@ -310,8 +306,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             # Mid-round, save the state the round started from: a resumed run regenerates the round.
             state = self.controller.state_dict() if self._round is None else self._round_start_state
             folder = self.args.output_dir if output_dir is None else output_dir
+            record = {"format": CHECKPOINT_FORMAT, "seam": self.seam, "controller": state}
             with open(os.path.join(folder, CONTROLLER_FILE), "w") as f:
-                json.dump(state, f)
+                json.dump(record, f)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -326,8 +323,43 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             )
             return
         with open(path) as f:
-            self.controller.load_state_dict(json.load(f))
+            record = json.load(f)
+        is_record = isinstance(record, dict) and record.get("format") == CHECKPOINT_FORMAT
+        self.controller.load_state_dict(record["controller"] if is_record else record)
         self._round = None
+
+
+def check_grpo_trainer() -> None:
+    """Check that the installed GRPOTrainer has the private methods MetaGRPOTrainer relies on.
+
+    An override of a method TRL no longer calls would silently do nothing, so a TRL whose
+    methods moved is refused here, by name, before anything is built.
+
+    Raises:
+        RuntimeError: a method is missing or takes other leading parameters.
+    """
+    for name, leading in GRPO_TRAINER_METHODS.items():
+        method = vars(GRPOTrainer).get(name)
+        params = [] if method is None else list(inspect.signature(method).parameters)[1:]
+        if tuple(params[: len(leading)]) != leading:
+            found = "missing" if method is None else f"parameters {params}"
+            raise RuntimeError(
+                f"the installed TRL's GRPOTrainer.{name} is {found}, expected leading "
+                f"parameters {list(leading)}; {SUPPORTED}"
+            )
+
+
+def _warn_used_controller(controller: mc.Controller) -> None:
+    """Say that a controller which already decided carries what it learned into this run."""
+    if isinstance(controller, mc.BaseController) and controller.step > 0:
+        warnings.warn(
+            f"controller {type(controller).__name__} has already made {controller.step} "
+            "decisions: this run starts from what it learned in an earlier one. To start fresh, "
+            "build a new controller for each run; to continue a run on purpose, resume it with "
+            "train(resume_from_checkpoint=...) or load its state_dict() into a new controller.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_unused_temperature(args: Any) -> None:

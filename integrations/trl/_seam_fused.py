@@ -1,22 +1,23 @@
-"""The LM-head side of MetaGRPOTrainer: a temperature that follows the round, and virtual scores.
+"""The ``"fused-tiles"`` seam: TRL's fused, chunked LM head (1.15 with Triton, 1.16).
 
-TRL 1.16 computes every log-probability (policy, old, reference) with a fused, chunked LM head
-built once by ``trl.trainer.utils.add_fused_lm_head(model, temperature=...)``, which captures the
-temperature in a closure. :class:`RoundTemperature` is passed there instead of a float: the
-kernel reads it as ``1 / temperature`` on every call, so setting ``RoundTemperature.value`` at a
-generation boundary moves every later log-prob to the new temperature::
+TRL computes every log-probability (policy, old, reference) with a fused LM head built once by
+``trl.trainer.utils.add_fused_lm_head(model, temperature=...)``, which captures the temperature.
+:func:`follow_fused_heads` rebuilds both heads (policy and reference) with a
+:class:`RoundTemperature`, which the kernel reads as ``1 / temperature`` on every call, so
+setting its ``value`` at a generation boundary moves every later log-prob to the new
+temperature; the seam's probe proves it on the installed TRL::
 
-    temp = RoundTemperature(1.0)
-    refit_fused_head(model, temp, cast_lm_head_to_fp32=False, outputs=("log_probs", "entropy"))
-    temp.value = 0.8                          # every fused forward from now on runs at T = 0.8
+    temp = follow_fused_heads(trainer, policy)     # in the trainer's __init__
+    temp.value = 0.8                               # every fused forward from now on runs at T = 0.8
 
-:class:`VirtualScoreTap` scores the completions at the controller's virtual temperatures inside
-the loss forwards TRL already makes: while it is armed, every logits tile that TRL's kernel
-projects for its own log-probs is also folded into K online log-softmaxes (:class:`TileFold`),
-so each tile of logits is computed once, and there is no extra model forward nor LM-head pass.
-On CUDA/XPU the fold is a Triton kernel launched right after TRL's own on the same tile (same
-stream); on CPU it is chunked torch code (``implementation="auto"``; ``"torch"`` or
-``"triton"`` force one, see :mod:`metactl.integrations.torch._dispatch`).
+:class:`FusedTileSeam` scores the completions at the virtual temperatures inside the loss
+forwards TRL already makes: while armed, every logits tile that TRL's kernel projects for its own
+log-probs is also folded into K online log-softmaxes (:class:`TileFold`), so each tile of logits
+is computed once: no extra model forward nor LM-head pass. This reads TRL's private kernel
+module ``trl.kernels.chunked_logprob`` (its ``_forward_tile``/``_forward_kernel`` are wrapped for
+the duration of one forward, and ``_use_triton`` says which rows it projects); this module is the
+only one that does, imported only when the seam is tried. On CUDA/XPU the fold is a Triton kernel
+launched right after TRL's own on the same tile (same stream); on CPU it is chunked torch code.
 """
 
 from __future__ import annotations
@@ -27,22 +28,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import is_peft_model
 from torch import Tensor
-from trl.kernels import ChunkedLogProbFunction, chunked_logprob
-from trl.trainer.utils import add_fused_lm_head
 
 from metactl.integrations.torch import DEFAULT_CHUNK_BYTES
-from metactl.integrations.torch._dispatch import (
-    IMPLEMENTATIONS,
-    Implementation,
-    resolve_implementation,
-)
+from metactl.integrations.torch._dispatch import Implementation, resolve_implementation
 from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax, logit_transform_
+
+from ._seam import SUPPORTED, Seam
 
 if TYPE_CHECKING:
     from metactl.integrations.torch._triton_fold import TritonFold
 
-UNSUPPORTED = "MetaGRPOTrainer supports trl>=1.16,<1.17"
+
+def fused_head_installed(policy: Any) -> bool:
+    """Whether TRL patched ``policy`` with its fused LM head (an instance ``forward``, TRL >= 1.15)."""
+    from trl.trainer import utils
+
+    return "add_fused_lm_head" in vars(utils) and "forward" in vars(policy)
 
 
 class RoundTemperature:
@@ -65,24 +68,31 @@ class RoundTemperature:
         return f"RoundTemperature({self.value})"
 
 
-def refit_fused_head(
-    model: Any,
-    temperature: RoundTemperature,
-    *,
-    cast_lm_head_to_fp32: bool,
-    outputs: tuple[str, ...],
-) -> None:
-    """Replace the fused LM head TRL installed on ``model`` by one that reads ``temperature``.
+def follow_fused_heads(trainer: Any, policy: Any) -> RoundTemperature:
+    """Rebuild TRL's fused LM heads (policy, and reference if any) to read one RoundTemperature.
 
-    Must run before accelerate wraps ``model.forward`` (i.e. in the trainer's ``__init__``).
+    Runs in the trainer's ``__init__``, before accelerate wraps the policy's ``forward``.
 
     Raises:
-        RuntimeError: ``model`` does not carry TRL's fused head (an unsupported TRL version).
+        RuntimeError: a model does not carry TRL's fused head.
     """
+    temperature = RoundTemperature(trainer.temperature)
+    cast = trainer.args.cast_lm_head_to_fp32
+    _refit(policy, temperature, cast, ("log_probs", "entropy"))
+    if trainer.ref_model is not None:
+        ref = trainer.accelerator.unwrap_model(trainer.ref_model)
+        _refit(ref.get_base_model() if is_peft_model(ref) else ref, temperature, cast, ("log_probs",))
+    return temperature
+
+
+def _refit(
+    model: Any, temperature: RoundTemperature, cast_lm_head_to_fp32: bool, outputs: tuple[str, ...]
+) -> None:
+    from trl.trainer.utils import add_fused_lm_head
+
     if "forward" not in vars(model):
         raise RuntimeError(
-            f"{type(model).__name__} has no fused LM head installed by TRL's add_fused_lm_head; "
-            + UNSUPPORTED
+            f"{type(model).__name__} has no fused LM head installed by TRL's add_fused_lm_head"
         )
     del model.forward  # back to the class's forward, then let TRL patch it again
     add_fused_lm_head(
@@ -117,6 +127,8 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
     targets = torch.tensor([0, 2, 6, 1, 3, 5], device=device)
     logits = hidden @ weight.t()
     temp, virtual = RoundTemperature(1.0), [0.7, 1.3]
+    from trl.kernels import ChunkedLogProbFunction
+
     try:
         for value in (0.5, 2.0):
             temp.value = value
@@ -124,6 +136,7 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
                 virtual,
                 torch.ones(6, dtype=torch.bool, device=device),
                 vocab_size=7,
+                device=device,
                 implementation=implementation,
             )
             with fold.installed():
@@ -147,8 +160,93 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
     except (AttributeError, TypeError, RuntimeError) as err:
         raise RuntimeError(
             f"the installed TRL's fused LM head cannot be followed at a changing temperature, "
-            f"nor scored at virtual temperatures ({err}); {UNSUPPORTED}"
+            f"nor scored at virtual temperatures ({err}); {SUPPORTED}"
         ) from err
+
+
+class FusedTileSeam(Seam):
+    """Folds every tile TRL's fused LM head projects in the policy's armed forwards.
+
+    TRL's fused LM head is the policy's instance ``forward``; the seam wraps it. A call with
+    ``fused_lm_head=True`` made while armed runs with a :class:`TileFold` installed. Wrapping the
+    instance ``forward`` (rather than hooking the module) also works under PEFT, which calls the
+    wrapped model's ``forward`` directly.
+
+    Args:
+        trainer: the trainer.
+        policy: the policy's transformers model, after :func:`follow_fused_heads`.
+        temperature: the :class:`RoundTemperature` the fused heads read.
+        implementation: the :class:`TileFold` implementation (``"auto"``: Triton on CUDA/XPU,
+            torch otherwise).
+
+    Raises:
+        ImportError, AttributeError, RuntimeError: TRL's kernel module is not there or does not
+            behave as the fold expects (:func:`check_kernel`).
+    """
+
+    name = "fused-tiles"
+    cost = "no extra projection: folds the logits tiles TRL's fused LM head computes"
+
+    def __init__(
+        self,
+        trainer: Any,
+        policy: Any,
+        temperature: RoundTemperature,
+        implementation: Implementation,
+    ) -> None:
+        super().__init__()
+        from trl.kernels import chunked_logprob
+
+        self.implementation: Implementation = implementation
+        self.temperature = temperature
+        self._policy = policy
+        head = policy.get_output_embeddings().weight
+        check_kernel(head.device, implementation=implementation)
+        self._use_triton = chunked_logprob._use_triton
+        self._betas: tuple[list[float], Tensor] | None = None
+        self._fused_forward = vars(policy)["forward"]
+        policy.forward = self._forward
+
+    def set_temperature(self, value: float) -> None:
+        self.temperature.value = float(value)
+
+    def _beta_row(self, temperatures: list[float], device: torch.device) -> Tensor:
+        """The virtual ``1 / T`` on ``device``, copied once per round rather than per forward."""
+        if self._betas is None or self._betas[0] != temperatures:
+            row = torch.tensor([1.0 / t for t in temperatures], dtype=torch.float32, device=device)
+            self._betas = (temperatures, row)
+        return self._betas[1]
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._armed is None or not kwargs.get("fused_lm_head"):
+            return self._fused_forward(*args, **kwargs)
+        temperatures, length = self._armed
+        labels = kwargs.get("shift_labels")
+        if labels is None:
+            labels = kwargs["labels"][:, 1:]
+        # looked up per call, as TRL does: FSDP and PEFT may replace the head after patching
+        weight = self._policy.get_output_embeddings().weight
+        mask = labels.to(weight.device) != -100
+        compact = self._use_triton(weight.device)  # TRL projects the labelled rows only
+        fold = TileFold(
+            temperatures,
+            None if compact else mask.reshape(-1),
+            weight.shape[0],
+            device=weight.device,
+            beta_row=self._beta_row(temperatures, weight.device),
+            implementation=self.implementation,
+        )
+        with fold.installed():
+            out = self._fused_forward(*args, **kwargs)
+        scored = mask[:, -length:, None].expand(-1, -1, len(temperatures))
+        per_token = torch.zeros(scored.shape, dtype=torch.float32, device=weight.device)
+        # the last `length` positions hold every labelled row: sync-free scatter
+        per_token.masked_scatter_(scored, fold.scores())
+        self.keep(per_token)
+        return out
+
+    def close(self) -> None:
+        self._policy.forward = self._fused_forward
 
 
 class TileFold:
@@ -168,7 +266,8 @@ class TileFold:
 
     Args:
         temperatures: the ``K`` virtual temperatures.
-        scored: ``[N]`` bool over the rows the kernel will see: which of them to score.
+        scored: ``[N]`` bool over the rows the kernel will see: which of them to score; None
+            scores every row it shows (TRL's compact path, which projects labelled rows only).
         vocab_size: ``V``, for the check that every tile was seen.
         implementation: ``"auto"`` (Triton for CUDA/XPU tensors, torch otherwise), ``"torch"``
             or ``"triton"`` (CUDA/XPU, or CPU under ``TRITON_INTERPRET=1``).
@@ -180,26 +279,35 @@ class TileFold:
     def __init__(
         self,
         temperatures: Sequence[float],
-        scored: Tensor,
+        scored: Tensor | None,
         vocab_size: int,
         *,
+        device: torch.device,
+        beta_row: Tensor | None = None,
         implementation: Implementation = "auto",
     ) -> None:
         self.betas = [1.0 / t for t in temperatures]
         self.scored = scored
         self.vocab_size = vocab_size
-        self.implementation = resolve_implementation(implementation, scored.device)
+        self.implementation = resolve_implementation(implementation, device)
         self._blocks: list[_RowBlock] = []
         self._next_row = 0
-        self._work = torch.empty(0, dtype=torch.float32, device=scored.device)
-        self._raw = torch.empty(0, device=scored.device)
-        if self.implementation == "triton":  # made once: a copy to the GPU waits for it
-            self._beta_row = torch.tensor(self.betas, dtype=torch.float32, device=scored.device)
-            self._active = scored.to(torch.int8)
+        self._work = torch.empty(0, dtype=torch.float32, device=device)
+        self._raw = torch.empty(0, device=device)
+        if self.implementation == "triton":
+            # the caller's copy, made once per round: a copy to the GPU waits for the host
+            self._beta_row = (
+                torch.tensor(self.betas, dtype=torch.float32, device=device)
+                if beta_row is None
+                else beta_row
+            )
+            self._active = None if scored is None else scored.to(torch.int8)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Wrap TRL's tile folds (process-wide, for the duration of the block)."""
+        from trl.kernels import chunked_logprob
+
         tile_fn, kernel = chunked_logprob._forward_tile, chunked_logprob._forward_kernel
         chunked_logprob._forward_tile = _then(tile_fn, self.fold)
         chunked_logprob._forward_kernel = _ThenLaunch(kernel, self.fold)
@@ -242,14 +350,18 @@ class TileFold:
             return
         if vocab_start == 0:  # the kernel starts the next block of rows
             n = targets.shape[0]
-            rows = torch.nonzero(self.scored[self._next_row : self._next_row + n])[:, 0]
+            rows = (
+                torch.arange(n, device=targets.device)
+                if self.scored is None
+                else torch.nonzero(self.scored[self._next_row : self._next_row + n])[:, 0]
+            )
             self._next_row += n
             self._blocks.append(
                 _RowBlock(rows, OnlineTemperatureLogSoftmax(targets[rows], self.betas))
             )
         block = self._blocks[-1]
         rows, acc = block.rows, block.acc
-        assert isinstance(acc, OnlineTemperatureLogSoftmax)  # the torch path's blocks hold these
+        assert rows is not None and isinstance(acc, OnlineTemperatureLogSoftmax)  # the torch path's blocks hold these
         if vocab_start != block.columns:
             raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
         block.columns += n_cols
@@ -283,7 +395,7 @@ class TileFold:
 
         if vocab_start == 0:
             n = targets.shape[0]
-            active = self._active[self._next_row : self._next_row + n]
+            active = None if self._active is None else self._active[self._next_row : self._next_row + n]
             self._next_row += n
             self._blocks.append(_RowBlock(active, TritonFold(targets, self._beta_row)))
         block = self._blocks[-1]
@@ -309,17 +421,19 @@ class TileFold:
             RuntimeError: the kernel did not show every row and every vocabulary tile.
         """
         complete = all(block.columns == self.vocab_size for block in self._blocks)
-        if self._next_row != self.scored.numel() or not complete:
+        expected = self._next_row if self.scored is None else self.scored.numel()
+        if self._next_row != expected or not complete:
             raise RuntimeError(
-                f"TileFold: the kernel showed {self._next_row} of {self.scored.numel()} rows "
+                f"TileFold: the kernel showed {self._next_row} of {expected} rows "
                 f"(vocabulary covered per block: {[block.columns for block in self._blocks]} of "
-                f"{self.vocab_size}); {UNSUPPORTED}"
+                f"{self.vocab_size}); {SUPPORTED}"
             )
         if not self._blocks:
-            return torch.zeros(0, len(self.betas), device=self.scored.device)
+            return torch.zeros(0, len(self.betas), device=self._work.device)
         scores = torch.cat([block.acc.log_probs() for block in self._blocks])
-        # the Triton fold keeps a state for every row: drop the unscored ones
-        return scores[self.scored] if self.implementation == "triton" else scores
+        if self.implementation == "triton" and self.scored is not None:
+            return scores[self.scored]  # the Triton fold keeps a state for every row
+        return scores
 
 
 @dataclass
@@ -329,7 +443,7 @@ class _RowBlock:
     ``rows``: the indices of the scored rows (torch), or an int8 flag per row (Triton).
     """
 
-    rows: Tensor
+    rows: Tensor | None
     acc: OnlineTemperatureLogSoftmax | TritonFold
     columns: int = 0
 
@@ -352,74 +466,3 @@ class _ThenLaunch:
         return _then(self.kernel[grid], self.then)
 
 
-class VirtualScoreTap:
-    """Scores the policy's fused log-prob forwards at virtual temperatures while armed.
-
-    TRL's fused LM head is the policy's instance ``forward``; the tap wraps it. A call with
-    ``fused_lm_head=True`` made while ``temperatures`` is set runs with a :class:`TileFold`
-    installed, and its per-token scores are kept. Wrapping the instance ``forward`` (rather than
-    hooking the module) also works under PEFT, which calls the wrapped model's ``forward``
-    directly. Must be built after :func:`refit_fused_head`::
-
-        tap = VirtualScoreTap(policy)
-        tap.temperatures = [0.6, 0.8, 1.0]
-        loss = ...                                   # TRL's loss forward(s) of a micro-batch
-        tap.temperatures = None
-        per_token = tap.take(batch_size)             # [B, L - 1, K], 0 at unscored positions
-
-    Args:
-        model: the policy, after :func:`refit_fused_head`.
-        implementation: the :class:`TileFold` implementation (``"auto"``: Triton on CUDA/XPU,
-            torch otherwise); an attribute, read at each armed forward.
-
-    Raises:
-        ValueError: ``implementation`` is not ``"auto"``, ``"torch"`` or ``"triton"``.
-    """
-
-    def __init__(self, model: torch.nn.Module, *, implementation: Implementation = "auto") -> None:
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
-            )
-        self.implementation: Implementation = implementation
-        self.temperatures: Sequence[float] | None = None
-        self._scores: list[Tensor] = []
-        fused_forward = vars(model)["forward"]
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if self.temperatures is None or not kwargs.get("fused_lm_head"):
-                return fused_forward(*args, **kwargs)
-            labels = kwargs.get("shift_labels")
-            if labels is None:
-                labels = kwargs["labels"][:, 1:]
-            # looked up per call, as TRL does: FSDP and PEFT may replace the head after patching
-            weight = model.get_output_embeddings().weight  # type: ignore[operator]
-            mask = labels.to(weight.device) != -100
-            if chunked_logprob._use_triton(weight.device):  # TRL projects the labelled rows only
-                scored = torch.ones(int(mask.sum()), dtype=torch.bool, device=mask.device)
-            else:  # TRL projects every row
-                scored = mask.reshape(-1)
-            fold = TileFold(
-                self.temperatures, scored, weight.shape[0], implementation=self.implementation
-            )
-            with fold.installed():
-                out = fused_forward(*args, **kwargs)
-            per_token = mask.new_zeros(*mask.shape, len(fold.betas), dtype=torch.float32)
-            per_token[mask] = fold.scores()
-            self._scores.append(per_token)
-            return out
-
-        model.forward = forward
-
-    def take(self, batch_size: int) -> Tensor:
-        """The per-token scores kept since the last call, ``[B, L - 1, K]`` over the batch.
-
-        Raises:
-            RuntimeError: the kept rows do not number ``batch_size``.
-        """
-        scores = torch.cat(self._scores, dim=0) if self._scores else None
-        self._scores = []
-        if scores is None or scores.size(0) != batch_size:
-            got = 0 if scores is None else scores.size(0)
-            raise RuntimeError(f"VirtualScoreTap: scored {got} rows, expected {batch_size}")
-        return scores

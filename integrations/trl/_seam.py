@@ -1,0 +1,232 @@
+"""Seams: how the round's temperature and the virtual scores reach TRL's loss forwards.
+
+A seam does three things for :class:`~metactl.integrations.trl.MetaGRPOTrainer`::
+
+    seam.set_temperature(T)                   # round start: TRL's loss forwards score at T
+    with seam.armed(virtual, completion_length):
+        loss = ...                            # TRL's loss forward(s) of one micro-batch
+    per_token = seam.take(batch_size)         # [B, L, K] scores of the completion tokens
+
+Three seams exist, one module each, and :func:`choose_seam` picks the first that the installed
+TRL passes a probe with:
+
+- ``"logits"`` (:mod:`._seam_logits`): TRL materialises the logits for its loss (1.0-1.14); a
+  forward hook on the policy folds them. No extra model forward nor LM-head pass.
+- ``"fused-tiles"`` (:mod:`._seam_fused`): TRL's fused chunked LM head (1.15 with Triton, 1.16);
+  every logits tile it projects is also folded. No extra projection.
+- ``"hidden-states"`` (:mod:`._seam_hidden`): the fallback for anything else; a forward hook on
+  the backbone, then metactl's own from-hidden op (one extra LM-head pass over completion
+  tokens).
+
+The probe runs TRL's own log-prob forward (``_get_per_token_logps_and_entropies``, the one
+private method the seams rely on) on a few tokens at two temperatures with the seam armed, and
+checks TRL's log-probs and entropies and the seam's virtual scores against ``log_softmax`` of the
+policy's own logits. A seam that fails it is never used; if TRL's loss itself does not follow the
+temperature, no seam can work and :func:`choose_seam` raises naming the supported range.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SUPPORTED = "MetaGRPOTrainer supports trl>=1.0 (tested 1.0 to 1.16)"
+"""The supported range, named by every error that says a TRL cannot be followed."""
+
+PROBE_TEMPERATURES = (0.5, 2.0)
+PROBE_VIRTUAL = (0.7, 1.3)
+
+
+class LossDoesNotFollow(RuntimeError):
+    """TRL's own loss forward does not score at the temperature the seam set."""
+
+
+class Seam(ABC):
+    """One way of reaching TRL's loss forwards (see the module docstring).
+
+    Attributes:
+        name: logged as ``meta/seam`` and stored in the controller's checkpoint metadata.
+        cost: what the seam adds to a loss forward, in words (for the fallback's warning).
+    """
+
+    name: str = ""
+    cost: str = ""
+
+    def __init__(self) -> None:
+        self._armed: tuple[list[float], int] | None = None
+        self._scores: list[Tensor] = []
+
+    def set_temperature(self, value: float) -> None:
+        """Make TRL's later loss forwards score at ``value``.
+
+        The default does nothing: TRL reads ``trainer.temperature`` at call time, which the
+        trainer sets. The fused LM head captured its temperature at construction and overrides.
+        """
+
+    @contextmanager
+    def armed(self, temperatures: Sequence[float], completion_length: int) -> Iterator[None]:
+        """Score every loss forward of the block at ``temperatures`` (its last ``completion_length`` tokens)."""
+        self._armed = ([float(t) for t in temperatures], int(completion_length))
+        try:
+            yield
+        finally:
+            self._armed = None
+
+    def take(self, batch_size: int) -> Tensor:
+        """The ``[B, L, K]`` fp32 scores kept since the last call (0 at unscored positions).
+
+        Raises:
+            RuntimeError: the forwards seen while armed did not cover ``batch_size`` rows.
+        """
+        scores, self._scores = self._scores, []
+        got = sum(s.size(0) for s in scores)
+        if got != batch_size:
+            raise RuntimeError(
+                f"seam {self.name!r}: scored {got} rollouts in the loss forwards, expected "
+                f"{batch_size}; {SUPPORTED}"
+            )
+        return torch.cat(scores, dim=0)
+
+    def keep(self, per_token: Tensor) -> None:
+        """Keep one forward's ``[b, L, K]`` scores (called by the seam's hook)."""
+        self._scores.append(per_token)
+
+    @abstractmethod
+    def close(self) -> None:
+        """Remove the seam's hooks (a seam that failed its probe)."""
+
+
+def _reference(model: Any, ids: Tensor, mask: Tensor, length: int) -> Tensor:
+    """The policy's own fp64 logits at the positions predicting the last ``length`` tokens."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return logits[:, -length - 1 : -1].double()
+
+
+def _close(got: Tensor, want: Tensor, mask: Tensor, tol: float) -> bool:
+    sel = mask.bool()
+    return bool(torch.allclose(got.double()[sel], want[sel], atol=tol, rtol=tol))
+
+
+def probe(trainer: Any, seam: Seam) -> None:
+    """Check on a few tokens that ``seam`` follows TRL's loss (see the module docstring).
+
+    Raises:
+        LossDoesNotFollow: TRL's log-probs or entropies are not those at the set temperature.
+        RuntimeError: the seam's virtual scores are wrong (or the seam failed).
+    """
+    model = trainer.model
+    weight = model.get_output_embeddings().weight
+    vocab, device = weight.shape[0], weight.device
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, 7), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, -1] = 0  # a padded completion token: never scored
+    length = 4
+    completion = mask[:, -length:]
+    tol = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    was_training = model.training
+    model.eval()
+    saved = trainer.temperature
+    try:
+        with torch.no_grad():
+            logits = _reference(model, ids, mask, length)
+            targets = ids[:, -length:, None]
+            for value in PROBE_TEMPERATURES:
+                trainer.temperature = value
+                seam.set_temperature(value)
+                with seam.armed(PROBE_VIRTUAL, length):
+                    out = trainer._get_per_token_logps_and_entropies(
+                        model, ids, mask, length, compute_entropy=True
+                    )
+                logp_ref = torch.log_softmax(logits / value, -1)
+                entropy_ref = -(logp_ref.exp() * logp_ref).sum(-1)
+                if not (
+                    _close(out[0], logp_ref.gather(-1, targets)[..., 0], completion, tol)
+                    and _close(out[1], entropy_ref, completion, tol)
+                ):
+                    raise LossDoesNotFollow(
+                        f"TRL's loss log-probs are not those at temperature {value}"
+                    )
+                scores = seam.take(ids.size(0))
+                want = torch.stack(
+                    [
+                        torch.log_softmax(logits / t, -1).gather(-1, targets)[..., 0]
+                        for t in PROBE_VIRTUAL
+                    ],
+                    -1,
+                )
+                if not _close(scores, want, completion[..., None].expand_as(want), tol):
+                    raise RuntimeError("the virtual scores differ from log_softmax of the logits")
+    finally:
+        trainer.temperature = saved
+        seam.set_temperature(saved)
+        model.train(was_training)
+
+
+def choose_seam(trainer: Any, policy: Any, implementation: str) -> Seam:
+    """The first seam that the installed TRL passes :func:`probe` with.
+
+    Args:
+        trainer: the MetaGRPOTrainer, after ``GRPOTrainer.__init__``.
+        policy: the policy's transformers model (the base model under PEFT).
+        implementation: the fold implementation (``"auto"``, ``"torch"``, ``"triton"``).
+
+    Returns:
+        The seam; a warning naming it and its cost when it is the fallback.
+
+    Raises:
+        RuntimeError: TRL's loss does not follow the temperature (no seam can), naming the
+            supported range and what each seam reported.
+    """
+    from ._seam_fused import FusedTileSeam, fused_head_installed
+    from ._seam_hidden import HiddenStatesSeam
+    from ._seam_logits import LogitsSeam
+
+    failures: list[str] = []
+    fused = fused_head_installed(policy)
+    candidates: list[Any] = [FusedTileSeam] if fused else [LogitsSeam]
+    candidates.append(HiddenStatesSeam)
+    temperature = None
+    for make in candidates:
+        try:
+            if fused and temperature is None:
+                from ._seam_fused import follow_fused_heads
+
+                temperature = follow_fused_heads(trainer, policy)
+            seam = make(trainer, policy, temperature, implementation)
+        except (AttributeError, ImportError, TypeError, RuntimeError) as err:
+            failures.append(f"{make.name}: {err}")
+            continue
+        try:
+            probe(trainer, seam)
+        except LossDoesNotFollow as err:
+            seam.close()
+            raise RuntimeError(
+                f"the installed TRL's loss cannot follow a temperature that changes every round "
+                f"({err}); {SUPPORTED}"
+            ) from err
+        except (AttributeError, IndexError, KeyError, TypeError, RuntimeError) as err:
+            seam.close()
+            failures.append(f"{seam.name}: {err}")
+            continue
+        if make is HiddenStatesSeam:
+            reasons = "; ".join(failures) or "TRL's loss forward shows neither logits nor tiles"
+            warnings.warn(
+                f"MetaGRPOTrainer scores the virtual temperatures through the {seam.name!r} seam "
+                f"({seam.cost}), since the fast seams do not fit this TRL or configuration "
+                f"({reasons}). See docs/trl.md.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return seam
+    raise RuntimeError(
+        "no seam can score the virtual temperatures on the installed TRL ("
+        + "; ".join(failures)
+        + f"); {SUPPORTED}"
+    )
