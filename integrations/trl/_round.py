@@ -107,15 +107,22 @@ class RoundStats:
         if kind is mc.Counterfactual:
             if not self._sums:
                 return None, {}
-            sums = accelerator.gather(torch.cat(self._sums)).double().cpu()
-            counts = accelerator.gather(torch.cat(self._counts)).double().cpu()
-            adv = accelerator.gather(torch.cat(self._advantages)).double().cpu()
+            local = torch.cat(
+                [
+                    torch.cat(self._sums),
+                    torch.cat(self._counts)[:, None],
+                    torch.cat(self._advantages)[:, None].to(self._sums[0].device),
+                ],
+                dim=1,
+            )
+            rows = accelerator.gather(local).double().cpu()  # one gather, one copy to the host
+            sums, counts, adv = rows[:, :-2], rows[:, -2], rows[:, -1]
             keep = counts > 0
             if not bool(keep.any()):
                 return None, {"meta/empty_rounds": 1.0}
             loglik = (sums[keep] / counts[keep, None]).numpy()
             advantages = adv[keep].numpy()
-            return mc.Counterfactual(d, loglik, advantages), preferred_metrics(
+            return mc.Counterfactual(d, loglik, advantages), grid_peak_metrics(
                 loglik, advantages, d.virtual
             )
         if kind is mc.Outcome:
@@ -133,10 +140,12 @@ class RoundStats:
         )
 
 
-def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarray:
-    """Each rollout's likelihood-maximising temperature, estimated on the virtual grid.
+def grid_peak_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarray:
+    """Each rollout's likelihood peak on the virtual grid, refined by a parabola in ``1 / T``.
 
-    The log-likelihood is concave in ``beta = 1 / T``; the grid's best point is refined by the
+    An estimate, from the K grid scores alone, of the preferred temperature that
+    :func:`metactl.integrations.torch.preferred_temperature` finds exactly from the logits: the
+    log-likelihood is concave in ``beta = 1 / T``; the grid's best point is refined by the
     parabola through it and its two neighbours in ``beta`` (kept between those neighbours).
     """
     beta = 1.0 / np.asarray(virtual, dtype=np.float64)
@@ -159,13 +168,13 @@ def preferred_temperatures(loglik: np.ndarray, virtual: np.ndarray) -> np.ndarra
     return np.asarray(1.0 / out)
 
 
-def preferred_metrics(
+def grid_peak_metrics(
     loglik: np.ndarray, advantages: np.ndarray, virtual: np.ndarray
 ) -> dict[str, float]:
-    """Mean preferred temperature of positive- and negative-advantage rollouts (paper, Figure 4)."""
-    pref = preferred_temperatures(loglik, virtual)
+    """Mean grid peak temperature of positive- and negative-advantage rollouts (paper, Figure 4)."""
+    peak = grid_peak_temperatures(loglik, virtual)
     out: dict[str, float] = {}
     for name, sel in (("positive", advantages > 0), ("negative", advantages < 0)):
         if sel.any():
-            out[f"meta/preferred_temperature/{name}"] = float(pref[sel].mean())
+            out[f"meta/grid_peak_temperature/{name}"] = float(peak[sel].mean())
     return out

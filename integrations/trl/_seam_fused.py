@@ -202,7 +202,10 @@ class FusedTileSeam(Seam):
         self._policy = policy
         head = policy.get_output_embeddings().weight
         check_kernel(head.device, implementation=implementation)
-        self._use_triton = chunked_logprob._use_triton
+        # which rows TRL projects: the labelled ones where Triton runs (always, on 1.15)
+        self._use_triton: Callable[[torch.device], bool] = vars(chunked_logprob).get(
+            "_use_triton", lambda device: True
+        )
         self._betas: tuple[list[float], Tensor] | None = None
         self._fused_forward = vars(policy)["forward"]
         policy.forward = self._forward
@@ -305,16 +308,26 @@ class TileFold:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Wrap TRL's tile folds (process-wide, for the duration of the block)."""
+        """Wrap TRL's tile folds (process-wide, for the duration of the block).
+
+        Raises:
+            AttributeError: TRL's kernel module has no ``_forward_kernel`` (its internals moved).
+        """
         from trl.kernels import chunked_logprob
 
-        tile_fn, kernel = chunked_logprob._forward_tile, chunked_logprob._forward_kernel
-        chunked_logprob._forward_tile = _then(tile_fn, self.fold)
-        chunked_logprob._forward_kernel = _ThenLaunch(kernel, self.fold)
+        # 1.15 has the Triton kernel only; 1.16 added the torch tile for other devices
+        names = [n for n in ("_forward_kernel", "_forward_tile") if n in vars(chunked_logprob)]
+        if "_forward_kernel" not in names:
+            raise AttributeError("trl.kernels.chunked_logprob has no _forward_kernel")
+        saved = {name: vars(chunked_logprob)[name] for name in names}
+        wrap = {"_forward_kernel": _ThenLaunch, "_forward_tile": _then}
+        for name, original in saved.items():
+            setattr(chunked_logprob, name, wrap[name](original, self.fold))
         try:
             yield
         finally:
-            chunked_logprob._forward_tile, chunked_logprob._forward_kernel = tile_fn, kernel
+            for name, original in saved.items():
+                setattr(chunked_logprob, name, original)
 
     def fold(
         self,

@@ -28,7 +28,11 @@ from transformers.utils import logging
 from trl import GRPOTrainer
 
 import metactl as mc
-from metactl.integrations.torch._dispatch import IMPLEMENTATIONS, Implementation
+from metactl.integrations.torch._dispatch import (
+    IMPLEMENTATIONS,
+    Implementation,
+    resolve_implementation,
+)
 
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
 from ._seam import SUPPORTED, choose_seam
@@ -186,6 +190,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             )
 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        # refused here, before any seam is tried (e.g. Triton for a CPU model)
+        resolve_implementation(fold_implementation, policy.get_output_embeddings().weight.device)
         self._seam = choose_seam(self, policy, fold_implementation)
         self.seam: str = self._seam.name
         """The seam chosen for the installed TRL: ``"logits"``, ``"fused-tiles"`` or

@@ -86,7 +86,7 @@ def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, t
     assert ctl.updates == 2
     last = next(h for h in reversed(trainer.state.log_history) if "meta/prob/1" in h)
     assert {"meta/advantage/0.6", "meta/prob/1.5", "meta/noop"} <= set(last)
-    assert any("meta/preferred_temperature/positive" in h for h in trainer.state.log_history)
+    assert any("meta/grid_peak_temperature/positive" in h for h in trainer.state.log_history)
     # every model forward outside generation is one of TRL's fused log-prob forwards
     assert spy.backbone == spy.fused + spy.plain
 
@@ -230,7 +230,9 @@ def test_resume_restores_controller(tokenizer, tmp_path):
 
     full, full_decided = run(tmp_path / "full")
     checkpoint = tmp_path / "full" / "checkpoint-2"
-    saved = json.loads((checkpoint / CONTROLLER_FILE).read_text())
+    record = json.loads((checkpoint / CONTROLLER_FILE).read_text())
+    assert record["format"] == "metactl.trl/1" and record["seam"] in {"logits", "fused-tiles"}
+    saved = record["controller"]
     assert saved["updates"] == 1 and saved["step"] == 1
 
     resumed, resumed_decided = run(tmp_path / "resumed", resume=str(checkpoint))
@@ -493,4 +495,4 @@ def test_fold_implementation_is_checked_at_construction(tokenizer, model, tmp_pa
     pytest.importorskip("triton")
     with pytest.raises(ValueError, match="implementation=.triton. runs on CUDA or XPU"):
         build("triton")
-    assert build("torch")._tap.implementation == "torch"
+    assert build("torch")._seam.implementation == "torch"

@@ -1,4 +1,8 @@
-"""The LM-head pieces of MetaGRPOTrainer, checked against direct computations."""
+"""The ``"fused-tiles"`` seam's pieces (TRL 1.15-1.16 internals), checked against direct computations.
+
+Skipped on a TRL without the fused chunked LM head's torch tiles (the matrix runs it where it
+exists); the seam's choice on every release is tested in test_trl_matrix.py.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,26 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("trl")
+chunked_logprob = pytest.importorskip("trl.kernels.chunked_logprob")
+if "_forward_tile" not in vars(chunked_logprob):
+    pytest.skip("this TRL's fused LM head has no torch tiles", allow_module_level=True)
 
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from trl.kernels import ChunkedLogProbFunction, chunked_logprob
+from trl.kernels import ChunkedLogProbFunction
 from trl.trainer.utils import add_fused_lm_head
 
-from metactl.integrations.trl._head import (
+from metactl.integrations.trl._seam_fused import (
+    FusedTileSeam,
     RoundTemperature,
     TileFold,
-    VirtualScoreTap,
     check_kernel,
 )
-from metactl.integrations.trl._round import preferred_temperatures
+
+CPU = torch.device("cpu")
 
 
 def test_round_temperature_is_read_at_division_time():
@@ -55,7 +62,7 @@ def test_tile_fold_scores_trl_kernel_tiles_exactly(dtype, softcap, scale):
     targets = torch.randint(0, vocab, (n,), generator=gen)
     scored = torch.rand(n, generator=gen) < 0.7
     temps = [0.5, 1.0, 1.7]
-    fold = TileFold(temps, scored, vocab_size=vocab)
+    fold = TileFold(temps, scored, vocab_size=vocab, device=CPU)
     with fold.installed():
         logp = ChunkedLogProbFunction.apply(
             hidden, weight, bias, targets, 0.8, 4, softcap, scale, ()
@@ -80,7 +87,7 @@ def test_tile_fold_refuses_a_kernel_that_showed_too_few_rows():
     gen = torch.Generator().manual_seed(1)
     hidden, weight = torch.randn(5, 3, generator=gen), torch.randn(7, 3, generator=gen)
     targets = torch.tensor([0, 1, 2, 3, 4])
-    fold = TileFold([1.0], torch.ones(6, dtype=torch.bool), vocab_size=7)  # expects 6 rows
+    fold = TileFold([1.0], torch.ones(6, dtype=torch.bool), vocab_size=7, device=CPU)  # 6 rows
     with fold.installed():
         ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, 4, None, 1.0, ())
     with pytest.raises(RuntimeError, match="5 of 6 rows"):
@@ -89,27 +96,17 @@ def test_tile_fold_refuses_a_kernel_that_showed_too_few_rows():
 
 def test_tile_fold_is_uninstalled_after_an_error():
     original = (chunked_logprob._forward_tile, chunked_logprob._forward_kernel)
-    fold = TileFold([1.0], torch.ones(1, dtype=torch.bool), vocab_size=7)
+    fold = TileFold([1.0], torch.ones(1, dtype=torch.bool), vocab_size=7, device=CPU)
     with pytest.raises(ZeroDivisionError), fold.installed():
         assert chunked_logprob._forward_tile is not original[0]
         _ = 1 / 0
     assert (chunked_logprob._forward_tile, chunked_logprob._forward_kernel) == original
 
 
-def test_preferred_temperature_recovers_the_vertex_in_beta():
-    virtual = np.array([0.6, 0.8, 1.0, 1.2, 1.5])
-    beta = 1 / virtual
-    best_beta = np.array([1 / 0.9, 1 / 1.3, 1 / 0.4])  # last one lies off the grid
-    loglik = -((beta[None, :] - best_beta[:, None]) ** 2)
-    pref = preferred_temperatures(loglik, virtual)
-    np.testing.assert_allclose(pref[:2], [0.9, 1.3], rtol=1e-9)
-    assert pref[2] == pytest.approx(0.6)  # clamped to the grid's edge
-
-
 def test_kernel_probe_names_the_supported_trl_when_internals_change(monkeypatch):
     check_kernel(torch.device("cpu"))  # the installed TRL passes
     monkeypatch.delattr(chunked_logprob, "_forward_tile")  # as if TRL renamed it
-    with pytest.raises(RuntimeError, match=r"supports trl>=1\.16,<1\.17"):
+    with pytest.raises(RuntimeError, match=r"supports trl>=1\.0"):
         check_kernel(torch.device("cpu"))
 
 
@@ -175,7 +172,7 @@ class TestTritonTileFold:
         scored = torch.rand(n, generator=gen) < 0.7
         scored[8:16] = False  # a block of rows with nothing to score
         temps = [0.05, 1.0, 1.7]
-        fold = TileFold(temps, scored, vocab_size=vocab, implementation="triton")
+        fold = TileFold(temps, scored, vocab_size=vocab, device=CPU, implementation="triton")
         with fold.installed():
             logp = ChunkedLogProbFunction.apply(
                 hidden, weight, bias, targets, 0.8, 4, softcap, scale, ()
@@ -196,8 +193,8 @@ class TestTritonTileFold:
     def test_kernel_probe_runs_the_triton_fold(self) -> None:
         check_kernel(torch.device("cpu"), implementation="triton")
 
-    def test_tap_scores_equal_the_torch_fold(self) -> None:
-        """The tap on a tiny model's fused forward: Triton and torch folds give the same scores."""
+    def test_seam_scores_equal_the_torch_fold(self) -> None:
+        """The seam on a tiny model's fused forward: Triton and torch folds give the same scores."""
         config = Qwen2Config(
             vocab_size=37,
             hidden_size=16,
@@ -215,17 +212,16 @@ class TestTritonTileFold:
         labels[1, :3] = -100
         scores = {}
         for implementation in ("torch", "triton"):
-            tap = VirtualScoreTap(model, implementation=implementation)
-            tap.temperatures = [0.5, 1.0, 2.0]
-            with torch.no_grad():
+            seam = FusedTileSeam(None, model, RoundTemperature(1.0), implementation)
+            with seam.armed([0.5, 1.0, 2.0], 6), torch.no_grad():
                 model(input_ids=input_ids, labels=labels, fused_lm_head=True)
-            tap.temperatures = None  # the next tap wraps this one's forward
-            scores[implementation] = tap.take(2)
+            scores[implementation] = seam.take(2)
+            seam.close()  # the next seam wraps TRL's forward again
+        assert scores["torch"].shape == (2, 6, 3)
+        assert bool((scores["torch"][1, :2] == 0).all())  # unlabelled positions score 0
         torch.testing.assert_close(scores["triton"], scores["torch"], atol=1e-5, rtol=1e-5)
 
 
-def test_tap_and_fold_refuse_a_bad_implementation() -> None:
-    with pytest.raises(ValueError, match=r"implementation must be one of .* got 'gpu'"):
-        VirtualScoreTap(torch.nn.Linear(1, 1), implementation="gpu")  # type: ignore[arg-type]
+def test_fold_refuses_a_bad_implementation() -> None:
     with pytest.raises(ValueError, match="implementation must be one of"):
-        TileFold([1.0], torch.ones(1, dtype=torch.bool), 7, implementation="cuda")  # type: ignore[arg-type]
+        TileFold([1.0], torch.ones(1, dtype=torch.bool), 7, device=CPU, implementation="cuda")  # type: ignore[arg-type]
