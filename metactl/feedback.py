@@ -7,19 +7,21 @@ The loop::
     ctl.update(Counterfactual(d, loglik, advantages))
 
 Every feedback type is a frozen dataclass validated on construction: a bad
-shape, NaN/inf or an empty batch raises ``ValueError`` naming the field, so a
-controller never sees invalid data.
+shape, NaN/inf, a complex or boolean array, a reward or advantage beyond
+``MAX_MAGNITUDE`` (1e100) or an empty batch raises ``ValueError`` naming the field,
+so a controller never sees data outside its domain (docs/concepts.md).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
+
+from metactl._validate import MAX_MAGNITUDE, bounded, real, real_array
 
 FloatArray = NDArray[np.float64]
 
@@ -70,21 +72,6 @@ def _check_decision(name: str, decision: object) -> Decision:
     return decision
 
 
-def _finite_array(name: str, value: ArrayLike, ndim: int) -> FloatArray:
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: cannot convert to a float array ({exc})") from exc
-    if arr.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        bad = arr[~np.isfinite(arr)]
-        raise ValueError(
-            f"{name}: must be finite, found {bad.size} non-finite value(s) such as {bad.flat[0]}"
-        )
-    return _readonly(arr)
-
-
 @dataclass(frozen=True, eq=False)
 class Counterfactual:
     """Every rollout scored at every virtual arm of its decision.
@@ -92,9 +79,11 @@ class Counterfactual:
     Attributes:
         decision: the Decision whose ``value`` the rollouts were sampled at.
         loglik: ``[N, M]``; ``loglik[i, j]`` is the mean token log-probability of
-            rollout ``i`` when the arm is ``decision.virtual[j]``.
+            rollout ``i`` when the arm is ``decision.virtual[j]``. Any finite value (e.g. a
+            mask fill of ``np.finfo(np.float32).min``): controllers use each row only up to
+            a shift.
         advantages: ``[N]`` the rollouts' advantages (e.g. GRPO's group-normalised
-            rewards, or PPO's per-step GAE advantages).
+            rewards, or PPO's per-step GAE advantages), each ``|A_i| <= 1e100``.
     """
 
     decision: Decision
@@ -103,8 +92,10 @@ class Counterfactual:
 
     def __post_init__(self) -> None:
         d = _check_decision("Counterfactual.decision", self.decision)
-        loglik = _finite_array("Counterfactual.loglik", self.loglik, 2)
-        adv = _finite_array("Counterfactual.advantages", self.advantages, 1)
+        loglik = _readonly(real_array("Counterfactual.loglik", self.loglik, 2))
+        adv = _readonly(
+            real_array("Counterfactual.advantages", self.advantages, 1, limit=MAX_MAGNITUDE)
+        )
         n, m = loglik.shape
         if n == 0:
             raise ValueError("Counterfactual.loglik: the batch is empty (N = 0 rollouts)")
@@ -131,12 +122,7 @@ class Outcome:
 
     def __post_init__(self) -> None:
         _check_decision("Outcome.decision", self.decision)
-        try:
-            reward = float(self.reward)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"Outcome.reward: expected a number, got {self.reward!r}") from exc
-        if not math.isfinite(reward):
-            raise ValueError(f"Outcome.reward: must be finite, got {reward}")
+        reward = bounded("Outcome.reward", real("Outcome.reward", self.reward))
         object.__setattr__(self, "reward", reward)
 
 
@@ -155,7 +141,7 @@ class Outcomes:
             )
         for i, d in enumerate(decisions):
             _check_decision(f"Outcomes.decisions[{i}]", d)
-        rewards = _finite_array("Outcomes.rewards", self.rewards, 1)
+        rewards = _readonly(real_array("Outcomes.rewards", self.rewards, 1, limit=MAX_MAGNITUDE))
         if len(decisions) == 0:
             raise ValueError("Outcomes.decisions: the batch is empty (0 decisions)")
         if rewards.shape != (len(decisions),):
@@ -175,14 +161,11 @@ class EntropyObservation:
 
     def __post_init__(self) -> None:
         _check_decision("EntropyObservation.decision", self.decision)
-        try:
-            entropy = float(self.entropy)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"EntropyObservation.entropy: expected a number, got {self.entropy!r}"
-            ) from exc
-        if not (math.isfinite(entropy) and entropy > 0):
-            raise ValueError(f"EntropyObservation.entropy: must be finite and > 0, got {entropy}")
+        entropy = bounded(
+            "EntropyObservation.entropy", real("EntropyObservation.entropy", self.entropy)
+        )
+        if not entropy > 0:
+            raise ValueError(f"EntropyObservation.entropy: must be > 0, got {entropy}")
         object.__setattr__(self, "entropy", entropy)
 
 

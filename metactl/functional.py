@@ -16,7 +16,8 @@ Normaliser = Literal["sparsemax", "softmax"]
 
 def softmax(z: FloatArray, axis: int = -1) -> FloatArray:
     """softmax(z)_k = exp(z_k - max z) / sum_j exp(z_j - max z)."""
-    e = np.exp(z - np.max(z, axis=axis, keepdims=True))
+    with np.errstate(over="ignore"):  # z_k - max z = -inf gives exp = 0, as it should
+        e = np.exp(z - np.max(z, axis=axis, keepdims=True))
     return np.asarray(e / np.sum(e, axis=axis, keepdims=True))
 
 
@@ -25,14 +26,21 @@ def sparsemax(z: FloatArray, axis: int = -1) -> FloatArray:
 
     With z sorted decreasingly, k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)} and
     tau(z) = (sum_{j<=k(z)} z_(j) - 1) / k(z)  (Martins & Astudillo, 2016).
+
+    It is computed on z - max z (sparsemax is shift-invariant), so the support's entries lie
+    in [-1, 0] and any finite z, however large, gives the exact projection.
     """
     z = np.moveaxis(np.asarray(z, dtype=np.float64), axis, -1)
-    z_sorted = np.sort(z, axis=-1)[..., ::-1]
-    cumsum = np.cumsum(z_sorted, axis=-1)
-    k = np.arange(1, z.shape[-1] + 1, dtype=np.float64)
-    k_z = np.sum(
-        k * z_sorted > cumsum - 1, axis=-1, keepdims=True
-    )  # the support is a prefix; k_z >= 1
+    # Entries more than ~1.8e308 below the max become -inf: they are outside the support and
+    # every sum over them is -inf (never inf - inf), so they get weight exactly 0.
+    with np.errstate(over="ignore"):
+        z = z - np.max(z, axis=-1, keepdims=True)
+        z_sorted = np.sort(z, axis=-1)[..., ::-1]
+        cumsum = np.cumsum(z_sorted, axis=-1)
+        k = np.arange(1, z.shape[-1] + 1, dtype=np.float64)
+        k_z = np.sum(
+            k * z_sorted > cumsum - 1, axis=-1, keepdims=True
+        )  # the support is a prefix; k_z >= 1
     tau = (np.take_along_axis(cumsum, k_z - 1, axis=-1) - 1) / k_z
     return np.moveaxis(np.maximum(z - tau, 0.0), -1, axis)
 

@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from metactl._validate import integer, real
+
 BanditVariant = Literal["stationary", "drifting", "needle"]
 
 
@@ -62,16 +64,17 @@ class BanditEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(
                 f"BanditEnv(variant): expected one of {get_args(BanditVariant)}, got {variant!r}"
             )
-        if int(num_arms) != num_arms or num_arms < 2:
-            raise ValueError(f"BanditEnv(num_arms): must be an integer >= 2, got {num_arms}")
-        if int(drift_period) != drift_period or drift_period < 1:
-            raise ValueError(
-                f"BanditEnv(drift_period): must be an integer >= 1, got {drift_period}"
-            )
+        num_arms = integer("BanditEnv(num_arms)", num_arms, minimum=2)
+        drift_period = integer("BanditEnv(drift_period)", drift_period, minimum=1)
+        task_seed = integer("BanditEnv(task_seed)", task_seed, minimum=0)
+        needle_prob = real("BanditEnv(needle_prob)", needle_prob)
+        needle_payoff = real("BanditEnv(needle_payoff)", needle_payoff)
         if not 0.0 < needle_prob <= 1.0:
             raise ValueError(f"BanditEnv(needle_prob): must be in (0, 1], got {needle_prob}")
         if not needle_payoff > 0:
-            raise ValueError(f"BanditEnv(needle_payoff): must be > 0, got {needle_payoff}")
+            raise ValueError(
+                f"BanditEnv(needle_payoff): must be finite and > 0, got {needle_payoff}"
+            )
         if render_mode is not None:
             raise ValueError(f"BanditEnv(render_mode): no render modes, got {render_mode!r}")
         self.num_arms = int(num_arms)

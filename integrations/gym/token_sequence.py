@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from metactl._validate import integer
+
 
 class TokenSequenceEnv(gym.Env[np.ndarray, np.int64]):
     """Emit ``length`` tokens from a vocabulary of ``vocab_size``; a hidden verifier scores them.
@@ -54,17 +56,13 @@ class TokenSequenceEnv(gym.Env[np.ndarray, np.int64]):
         task_seed: int = 0,
         render_mode: str | None = None,
     ) -> None:
-        for name, value, low in (
-            ("vocab_size", vocab_size, 2),
-            ("length", length, 1),
-            ("num_prompts", num_prompts, 1),
-        ):
-            if int(value) != value or value < low:
-                raise ValueError(
-                    f"TokenSequenceEnv({name}): must be an integer >= {low}, got {value}"
-                )
-        difficulty = -(-int(length) // 2) if difficulty is None else difficulty
-        if int(difficulty) != difficulty or not 1 <= difficulty <= length:
+        vocab_size = integer("TokenSequenceEnv(vocab_size)", vocab_size, minimum=2)
+        length = integer("TokenSequenceEnv(length)", length, minimum=1)
+        num_prompts = integer("TokenSequenceEnv(num_prompts)", num_prompts, minimum=1)
+        task_seed = integer("TokenSequenceEnv(task_seed)", task_seed, minimum=0)
+        difficulty = -(-length // 2) if difficulty is None else difficulty
+        difficulty = integer("TokenSequenceEnv(difficulty)", difficulty)
+        if not 1 <= difficulty <= length:
             raise ValueError(
                 f"TokenSequenceEnv(difficulty): must be an integer in [1, length={length}], "
                 f"got {difficulty}"

@@ -237,6 +237,8 @@ class EnvCursor:
         else:
             obs, _ = self.envs.reset(seed=reset_seed)
             autoreset = np.zeros(int(self.envs.num_envs), dtype=bool)
+            if self.log is not None:  # the episodes now start from these seeded resets
+                self.log = EpisodeLog(self.log.envs, [reset_seed + i for i in range(len(obs))])
             exact = False
         self.obs = obs
         self.autoreset = autoreset

@@ -38,12 +38,13 @@ def grpo_advantages(
     r = _check(rewards, group_size, eps, scale)
     grouped = r.view(-1, group_size)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
-    constant = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
-    centred = torch.where(constant, torch.zeros_like(centred), centred).reshape(-1)
+    constant = (grouped == grouped[:, :1]).all(dim=1, keepdim=True).expand_as(grouped).reshape(-1)
+    centred = torch.where(constant, torch.zeros_like(r), centred.reshape(-1))
     if scale == "none":
         return centred
     std = _std(grouped, dim=1).repeat_interleave(group_size) if scale == "group" else _std(r)
-    return centred / (std + eps)
+    # An all-equal group is exactly 0, also when its std + eps is 0 (eps = 0): never 0 / 0.
+    return torch.where(constant, centred, centred / (std + eps))
 
 
 def _std(x: Tensor, dim: int | None = None) -> Tensor:

@@ -35,7 +35,9 @@ _RTOL = 1e-6
 def _rows_slope(logits: Tensor, tokens: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
     """Per-token ``z_o - E_p[z]`` and ``Var_p[z]`` under ``p = softmax(beta z)``, in fp32.
 
-    Both are shift-invariant, so they are computed on ``d = z - max z <= 0`` (two-pass variance).
+    Both are shift-invariant, so they are computed on ``d = z - max z <= 0`` (two-pass variance),
+    with the max taken in the logits' dtype (at least fp32). A logit at ``-inf`` (a top-k mask)
+    has probability 0 and adds nothing to either sum.
 
     Args:
         logits: ``[c, V]`` rows of logits, any float dtype.
@@ -45,13 +47,14 @@ def _rows_slope(logits: Tensor, tokens: Tensor, beta: Tensor) -> tuple[Tensor, T
     Returns:
         ``(slope [c], variance [c])``.
     """
-    m = logits.amax(dim=-1, keepdim=True).float()
+    m = logits.amax(dim=-1, keepdim=True).to(torch.promote_types(logits.dtype, torch.float32))
     d = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     torch.sub(logits, m, out=d)
     w = torch.mul(d, beta[:, None]).exp_()  # unnormalised p
     s = w.sum(dim=-1)
-    mean = (w * d).sum(dim=-1) / s
-    var = (w * (d - mean[:, None]).square_()).sum(dim=-1) / s
+    seen = w > 0  # 0 * -inf would be NaN: entries of probability 0 contribute 0
+    mean = torch.where(seen, w * d, 0.0).sum(dim=-1) / s
+    var = torch.where(seen, w * (d - mean[:, None]).square_(), 0.0).sum(dim=-1) / s
     return d.gather(-1, tokens[:, None]).squeeze(-1) - mean, var
 
 
@@ -98,8 +101,10 @@ def preferred_temperature(
         likelihood is flat (constant logits). Rows with no scored token give NaN.
 
     Raises:
-        ValueError: wrong ranks or shapes, bad bounds, scored ids outside ``[0, V)``, or NaN/inf
-            in the logits of a scored token.
+        ValueError: wrong ranks or shapes, bad bounds, scored ids outside ``[0, V)``, NaN or
+            +inf in the logits of a scored position or -inf at its scored token (``-inf``
+            elsewhere in the row, a top-k mask, is fine), or finite logits whose spread
+            overflows fp32 (said so).
     """
     check_sequence_logits(logits, tokens, mask)
     check_chunk_size(chunk_size)
@@ -112,7 +117,7 @@ def preferred_temperature(
     def slope(beta: Tensor) -> tuple[Tensor, Tensor]:
         grad, curv = _slope(logits, b, t, ids, beta, size)
         if not bool(torch.isfinite(grad).all() & torch.isfinite(curv).all()):
-            raise ValueError("logits hold NaN or inf at scored positions")
+            raise ValueError(_why_not_finite(logits, b, t, ids, size))
         return grad, curv
 
     batch = logits.shape[0]
@@ -156,6 +161,25 @@ def _newton(slope: Slope, lo: Tensor, hi: Tensor) -> Tensor:
         beta = torch.where(done, beta, new)
         done = done | converged
     return beta
+
+
+def _why_not_finite(logits: Tensor, b: Tensor, t: Tensor, ids: Tensor, size: int) -> str:
+    """Why the slope at some scored position is not finite, for the error message."""
+    for i in range(0, ids.numel(), size):
+        rows = logits[b[i : i + size], t[i : i + size]]
+        target = rows.gather(-1, ids[i : i + size, None]).squeeze(-1)
+        bad = rows.isnan().any(dim=-1) | rows.isposinf().any(dim=-1) | target.isneginf()
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0]) + i
+            return (
+                "logits hold NaN or inf at scored positions (NaN or +inf in the row, or -inf "
+                f"at the scored token), first at {(int(b[first]), int(t[first]))}"
+            )
+    return (
+        "logits at scored positions are finite but span more than fp32 can hold (a scored "
+        "token's logit lies more than ~3.4e38 below its row's max, so its log-likelihood "
+        "overflows fp32); rescale the logits"
+    )
 
 
 def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:

@@ -13,8 +13,14 @@ from metactl.feedback import Counterfactual, Outcome, Outcomes
 
 
 def arm_label(value: float) -> str:
-    """A short metric-key label for an arm value, e.g. 0.6 -> "0.6", 1.0 -> "1"."""
-    return f"{value:g}"
+    """A short metric-key label for an arm value that parses back to it exactly.
+
+    ``%g`` where that round-trips (0.6 -> "0.6", 1.0 -> "1", 1e-07 -> "1e-07"), else the
+    shortest repr (1.0000001 -> "1.0000001"), so ``float(arm_label(v)) == v`` and distinct
+    arms never share a label.
+    """
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def check_all_arms(feedback: Counterfactual, num_arms: int) -> None:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from metactl import _validate
+from metactl._validate import first_non_finite
 from metactl.errors import IncompatibleController
 from metactl.feedback import (
     Counterfactual,
@@ -100,7 +102,9 @@ def make_rng(seed: int | np.random.Generator | None) -> tuple[np.random.Generato
     """
     if isinstance(seed, np.random.Generator):
         return seed, None
-    if seed is not None and not isinstance(seed, (int, np.integer)):
+    if isinstance(seed, (bool, np.bool_)) or (
+        seed is not None and not isinstance(seed, (int, np.integer))
+    ):
         raise TypeError(
             f"seed: expected an int, a numpy Generator or None, got {type(seed).__name__}"
         )
@@ -125,15 +129,6 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _restore_like(template: Any, value: Any) -> Any:
-    """Restore JSON ``value`` into the structure of a bit generator's ``template`` state."""
-    if isinstance(template, dict):
-        return {k: _restore_like(template[k], value[k]) for k in template}
-    if isinstance(template, np.ndarray):
-        return np.asarray(value, dtype=template.dtype)
-    return value
-
-
 class BaseController(ABC):
     """Shared shell: owned RNG, decision bookkeeping, transactional updates, JSON state.
 
@@ -144,6 +139,9 @@ class BaseController(ABC):
     """
 
     accepts: ClassVar[tuple[type, ...]] = ()
+    #: Whether feedback on a stale decision is refused (open-loop controllers learn nothing,
+    #: so any feedback is a valid no-op for them).
+    refuses_stale: ClassVar[bool] = True
 
     def __init__(self, space: Space, seed: int | np.random.Generator | None) -> None:
         if not isinstance(space, (Discrete, Box)):
@@ -157,6 +155,8 @@ class BaseController(ABC):
         self._id = uuid.uuid4().hex
         self.step = 0  # decisions made
         self.updates = 0  # feedback batches accepted
+        # Decisions made before this step are stale: the controller learned after making them.
+        self._fresh_from = 0
 
     @property
     def space(self) -> Space:
@@ -211,9 +211,13 @@ class BaseController(ABC):
     def update(self, feedback: Feedback) -> Metrics:
         """Learn from feedback on this controller's decisions; returns flat float metrics.
 
+        Feedback must be on decisions made since the controller last learned (and not on
+        decisions "from the future" of a state loaded since); anything else is stale.
+
         Raises:
             TypeError: the controller cannot learn from this kind of feedback.
-            ValueError: the feedback belongs to another controller; state is untouched.
+            ValueError: the feedback belongs to another controller, is on a stale decision, or
+                would make the state non-finite; the state is untouched.
         """
         if not isinstance(feedback, self.accepts):
             names = ", ".join(t.__name__ for t in self.accepts)
@@ -228,13 +232,30 @@ class BaseController(ABC):
                     f"{type(self).__name__}.update: feedback.decision (step {d.step}) was made by "
                     "another controller; pass the Decision this controller's sample() returned"
                 )
+            if self.refuses_stale and not self._fresh_from <= d.step < self.step:
+                raise ValueError(
+                    f"{type(self).__name__}.update: feedback.decision (step {d.step}) is stale: "
+                    f"feedback is taken on decisions of steps {self._fresh_from} to "
+                    f"{self.step - 1}, made since the controller last learned (or loaded a "
+                    "state); pass the Decision of the latest sample()"
+                )
         # Work on a copy of the parameters so that any failure leaves the state untouched.
         saved = copy.deepcopy(self._params())
         try:
-            metrics = self._update(feedback)
+            # An overflow is not warned about here: the check below refuses its result.
+            with np.errstate(over="ignore", invalid="ignore"):
+                metrics = self._update(feedback)
+            bad = first_non_finite("params", _jsonable(self._params()))
+            bad = bad or first_non_finite("metrics", metrics)
+            if bad is not None:
+                raise ValueError(
+                    f"{type(self).__name__}.update: this feedback would make {bad} non-finite; "
+                    "it is refused and the controller is unchanged"
+                )
         except Exception:
             self._load_params(saved)
             raise
+        self._fresh_from = self.step
         self.updates += 1
         metrics["updates"] = float(self.updates)
         return metrics
@@ -250,6 +271,7 @@ class BaseController(ABC):
             "space_fingerprint": self._space.fingerprint,
             "step": self.step,
             "updates": self.updates,
+            "fresh_from": self._fresh_from,
             "seed_entropy": self.seed_entropy,
             "rng": {"bit_generator": type(bit_gen).__name__, "state": _jsonable(bit_gen.state)},
             "config": _jsonable(self._config()),
@@ -307,24 +329,53 @@ class BaseController(ABC):
                 f"load_state_dict: rng.bit_generator was {got!r}, this controller uses "
                 f"{type(bit_gen).__name__}"
             )
+        try:
+            rng_state = _validate.rng_state(bit_gen, rng.get("state"))
+        except ValueError as exc:
+            raise ValueError(f"load_state_dict: invalid rng state: {exc}") from exc
         counters = {name: state[name] for name in ("step", "updates")}
+        # Older states have no fresh_from: decisions made before the load are then stale.
+        counters["fresh_from"] = state.get("fresh_from", counters["step"])
         for name, value in counters.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"load_state_dict: {name} must be an int >= 0, got {value!r}")
-        # Apply params and RNG together: on any failure both go back to what they were.
-        saved_params, saved_rng = copy.deepcopy(self._params()), bit_gen.state
+        if counters["fresh_from"] > counters["step"]:
+            raise ValueError(
+                f"load_state_dict: fresh_from must be <= step ({counters['step']}), got "
+                f"{counters['fresh_from']!r}"
+            )
+        seed_entropy = state.get("seed_entropy")
+        if seed_entropy is not None and (
+            not isinstance(seed_entropy, int) or isinstance(seed_entropy, bool) or seed_entropy < 0
+        ):
+            raise ValueError(
+                f"load_state_dict: seed_entropy must be None or an int >= 0, got {seed_entropy!r}"
+            )
+        if not isinstance(state["params"], Mapping):
+            raise ValueError(f"load_state_dict: params must be a dict, got {state['params']!r}")
+        # Everything else is checked; the params are the last: set them, check them, and put
+        # the old ones back on any failure, so that a refused state changes nothing.
+        saved_params = copy.deepcopy(self._params())
         try:
             self._load_params(state["params"])
-            bit_gen.state = _restore_like(saved_rng, rng["state"])
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            bad = first_non_finite("params", _jsonable(self._params()))
+            if bad is not None:
+                raise ValueError(f"{bad}: must be finite")
+        except KeyError as exc:
             self._load_params(saved_params)
-            bit_gen.state = saved_rng
             raise ValueError(
-                f"load_state_dict: invalid params or rng state for {type(self).__name__}: {exc}"
+                f"load_state_dict: params.{exc.args[0]} is missing for {type(self).__name__}"
             ) from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._load_params(saved_params)
+            raise ValueError(
+                f"load_state_dict: invalid params for {type(self).__name__}: {exc}"
+            ) from exc
+        bit_gen.state = rng_state
         self.step = counters["step"]
         self.updates = counters["updates"]
-        self.seed_entropy = state.get("seed_entropy")
+        self._fresh_from = counters["fresh_from"]
+        self.seed_entropy = seed_entropy
 
     # --- subclass hooks ---------------------------------------------------------
     @abstractmethod
@@ -347,11 +398,19 @@ class BaseController(ABC):
         """Set the learnable state; raise ValueError on wrong shapes."""
 
 
-def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """A float array of exactly ``shape`` from saved state, or ``ValueError`` naming it."""
-    arr = np.asarray(value, dtype=np.float64)
+def check_shape(
+    name: str, value: Any, shape: tuple[int, ...], *, limit: float | None = None
+) -> np.ndarray:
+    """A finite float array of exactly ``shape`` from saved state, or ``ValueError`` naming it.
+
+    Args:
+        name: the field, for messages (e.g. ``"params.theta"``).
+        value: the saved value.
+        shape: the expected shape.
+        limit: if given, the largest absolute value allowed (an average of rewards or
+            advantages lies within the feedback domain, ``MAX_MAGNITUDE``).
+    """
+    arr = _validate.real_array(name, value, len(shape), limit=limit)
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: must be finite")
     return arr

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from metactl import functional as F
+from metactl._validate import bounded, integer, real
 from metactl.controllers._arms import arm_label, played_arms
 from metactl.controllers.base import BaseController, Metrics
 from metactl.feedback import Counterfactual, EntropyObservation, Feedback, Outcome, Outcomes
@@ -50,8 +51,9 @@ class SlidingWindowUCB(BaseController):
     ) -> None:
         if not isinstance(space, Discrete):
             raise TypeError(f"SlidingWindowUCB(space): needs a metactl.Discrete, got {space!r}")
-        if window < 1:
-            raise ValueError(f"SlidingWindowUCB(window): must be >= 1, got {window}")
+        window = integer("SlidingWindowUCB(window)", window, minimum=1)
+        epsilon = real("SlidingWindowUCB(epsilon)", epsilon)
+        bonus = real("SlidingWindowUCB(bonus)", bonus)
         if not 0 <= epsilon <= 1:
             raise ValueError(f"SlidingWindowUCB(epsilon): must be in [0, 1], got {epsilon}")
         if bonus < 0:
@@ -119,16 +121,27 @@ class SlidingWindowUCB(BaseController):
         return {"window_arms": list(self._arms), "window_rewards": list(self._rewards)}
 
     def _load_params(self, params: Mapping[str, Any]) -> None:
-        arms = [int(a) for a in params["window_arms"]]
-        rewards = [float(r) for r in params["window_rewards"]]
+        saved_arms, saved_rewards = params["window_arms"], params["window_rewards"]
+        if not isinstance(saved_arms, list) or not isinstance(saved_rewards, list):
+            raise ValueError(
+                "params.window_arms/window_rewards: expected lists, got "
+                f"{type(saved_arms).__name__}/{type(saved_rewards).__name__}"
+            )
+        k = len(self.space)
+        arms = [integer(f"params.window_arms[{i}]", a, minimum=0) for i, a in enumerate(saved_arms)]
+        rewards = [
+            bounded(f"params.window_rewards[{i}]", real(f"params.window_rewards[{i}]", r))
+            for i, r in enumerate(saved_rewards)
+        ]
         if len(arms) != len(rewards) or len(arms) > self.window:
             raise ValueError(
                 f"params.window_arms/window_rewards: lengths {len(arms)}/{len(rewards)} must match "
                 f"and be <= window {self.window}"
             )
-        if any(not 0 <= a < len(self.space) for a in arms) or not all(map(math.isfinite, rewards)):
+        out_of_range = [a for a in arms if a >= k]
+        if out_of_range:
             raise ValueError(
-                "params.window_arms/window_rewards: arm index out of range or reward not finite"
+                f"params.window_arms: arm indices must be < {k}, got {out_of_range[0]}"
             )
         self._arms, self._rewards = arms, rewards
 
@@ -137,6 +150,7 @@ class _OpenLoop(BaseController):
     """A controller whose value does not depend on feedback; every feedback is a valid no-op."""
 
     accepts: ClassVar[tuple[type, ...]] = ALL_FEEDBACK
+    refuses_stale: ClassVar[bool] = False
 
     def value_at(self, step: int) -> float:
         raise NotImplementedError
@@ -168,9 +182,7 @@ class Fixed(_OpenLoop):
     """
 
     def __init__(self, value: float, *, space: Space | None = None) -> None:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"Fixed(value): must be finite, got {value}")
+        value = real("Fixed(value)", value)
         space = Discrete([value]) if space is None else space
         if not space.contains(value):
             raise ValueError(f"Fixed(value): {value} is not in {space}")
@@ -208,14 +220,13 @@ class Schedule(_OpenLoop):
         steps: int | None = None,
         boundaries: Sequence[int] = (),
     ) -> None:
-        vals = [float(v) for v in values]
-        if not all(math.isfinite(v) for v in vals):
-            raise ValueError(f"Schedule(values): must be finite, got {vals}")
+        vals = [real(f"Schedule(values[{i}])", v) for i, v in enumerate(values)]
         if kind in ("linear", "cosine"):
             if len(vals) != 2:
                 raise ValueError(f"Schedule(values): {kind} needs [start, end], got {vals}")
-            if steps is None or steps < 1:
-                raise ValueError(f"Schedule(steps): {kind} needs steps >= 1, got {steps}")
+            if steps is None:
+                raise ValueError(f"Schedule(steps): {kind} needs steps >= 1, got None")
+            steps = integer("Schedule(steps)", steps, minimum=1)
             if boundaries:
                 raise ValueError(
                     f"Schedule(boundaries): only for piecewise, got {list(boundaries)}"
@@ -223,7 +234,7 @@ class Schedule(_OpenLoop):
         elif kind == "piecewise":
             if steps is not None:
                 raise ValueError(f"Schedule(steps): only for linear and cosine, got {steps}")
-            bounds = [int(b) for b in boundaries]
+            bounds = [integer(f"Schedule(boundaries[{i}])", b) for i, b in enumerate(boundaries)]
             if len(vals) != len(bounds) + 1:
                 raise ValueError(
                     f"Schedule(values, boundaries): piecewise needs len(values) == len(boundaries) + 1, "
@@ -241,7 +252,7 @@ class Schedule(_OpenLoop):
         self.kind: ScheduleKind = kind
         self.values = vals
         self.steps = steps
-        self.boundaries = [int(b) for b in boundaries]
+        self.boundaries = [int(b) for b in boundaries]  # checked integers (piecewise only)
 
     @classmethod
     def linear(cls, start: float, end: float, *, steps: int) -> Schedule:
@@ -321,13 +332,17 @@ class EntropyTarget(BaseController):
             )
         if space.low <= 0:
             raise ValueError(f"EntropyTarget(space): temperatures must be > 0, got low={space.low}")
-        if vocab_size < 2:
-            raise ValueError(f"EntropyTarget(vocab_size): must be >= 2, got {vocab_size}")
-        if target is not None and not (math.isfinite(target) and target > 0):
-            raise ValueError(f"EntropyTarget(target): must be finite and > 0, got {target}")
-        if warmup < 1:
-            raise ValueError(f"EntropyTarget(warmup): must be >= 1, got {warmup}")
-        init = float(np.clip(1.0, space.low, space.high)) if init is None else float(init)
+        vocab_size = integer("EntropyTarget(vocab_size)", vocab_size, minimum=2)
+        warmup = integer("EntropyTarget(warmup)", warmup, minimum=1)
+        if target is not None:
+            target = bounded("EntropyTarget(target)", real("EntropyTarget(target)", target))
+            if not target > 0:
+                raise ValueError(f"EntropyTarget(target): must be > 0, got {target}")
+        init = (
+            float(np.clip(1.0, space.low, space.high))
+            if init is None
+            else real("EntropyTarget(init)", init)
+        )
         if not space.contains(init):
             raise ValueError(f"EntropyTarget(init): {init} is outside {space}")
         super().__init__(space, seed)
@@ -361,7 +376,9 @@ class EntropyTarget(BaseController):
             return {"noop": 1.0, "entropy": h, "temperature": self._temperature}
         v = self.vocab_size
         t = self._temperature
-        t_new = t * (1 + t * math.log(self._target / h) / (math.log(v) + math.log(math.log(v))))
+        # ln(H*/H) as a difference of logs: the ratio itself can overflow or underflow.
+        log_ratio = math.log(self._target) - math.log(h)
+        t_new = t * (1 + t * log_ratio / (math.log(v) + math.log(math.log(v))))
         assert isinstance(self.space, Box)
         self._temperature = float(np.clip(t_new, self.space.low, self.space.high))
         return {
@@ -382,15 +399,23 @@ class EntropyTarget(BaseController):
         }
 
     def _load_params(self, params: Mapping[str, Any]) -> None:
-        t = float(params["temperature"])
+        t = real("params.temperature", params["temperature"])
         if not self.space.contains(t):
             raise ValueError(f"params.temperature: {t} is outside {self.space}")
         target = params["target"]
-        if target is not None and not (math.isfinite(float(target)) and float(target) > 0):
-            raise ValueError(f"params.target: must be None or finite and > 0, got {target}")
-        observed = [float(h) for h in params["observed"]]
-        if not all(math.isfinite(h) and h > 0 for h in observed):
-            raise ValueError(f"params.observed: entropies must be finite and > 0, got {observed}")
+        if target is not None:
+            target = bounded("params.target", real("params.target", target))
+            if not target > 0:
+                raise ValueError(f"params.target: must be None or > 0, got {target}")
+        saved = params["observed"]
+        if not isinstance(saved, list):
+            raise ValueError(f"params.observed: expected a list, got {type(saved).__name__}")
+        observed = [
+            bounded(f"params.observed[{i}]", real(f"params.observed[{i}]", h))
+            for i, h in enumerate(saved)
+        ]
+        if not all(h > 0 for h in observed):
+            raise ValueError(f"params.observed: entropies must be > 0, got {observed}")
         self._temperature = t
-        self._target = None if target is None else float(target)
+        self._target = target
         self._observed = observed

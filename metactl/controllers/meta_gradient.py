@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from metactl import functional as F
+from metactl._validate import MAX_MAGNITUDE, bounded, integer, real
 from metactl.controllers._arms import (
     arm_label,
     check_all_arms,
@@ -82,6 +83,10 @@ class _MetaPolicyRule(ABC):
         return theta
 
     @abstractmethod
+    def check_params(self, theta: np.ndarray) -> None:
+        """Raise ``ValueError`` naming the entry if saved ``theta`` is outside its valid set."""
+
+    @abstractmethod
     def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
         """Write the meta-policy's summary into ``metrics``."""
 
@@ -136,6 +141,9 @@ class _SoftmaxRule(_MetaPolicyRule):
 
     def entropy_gradient(self, theta: np.ndarray) -> np.ndarray:
         return F.softmax_entropy_gradient(theta)
+
+    def check_params(self, theta: np.ndarray) -> None:
+        """Every finite vector of logits is valid (the shell has checked finiteness)."""
 
     def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
         pi = self.probs(theta)
@@ -219,12 +227,24 @@ class _GaussianRule(_MetaPolicyRule):
 
     def constrain(self, theta: np.ndarray) -> np.ndarray:
         theta = theta.copy()
-        theta[1] = max(theta[1], np.log(self.min_sigma))  # the sigma floor keeps it exploring
+        # The sigma floor keeps it exploring; the ceiling keeps every draw mu + sigma eps finite.
+        theta[1] = min(max(theta[1], np.log(self.min_sigma)), LOG_MAX_SIGMA)
         return theta
+
+    def check_params(self, theta: np.ndarray) -> None:
+        if not np.log(self.min_sigma) <= theta[1] <= LOG_MAX_SIGMA:
+            raise ValueError(
+                f"params.theta[1]: log sigma must lie in [log(min_sigma), log(1e100)] = "
+                f"[{np.log(self.min_sigma)!r}, {LOG_MAX_SIGMA!r}], got {theta[1]!r}"
+            )
 
     def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
         metrics["mean"] = self.mean(theta)
         metrics["sigma"] = self.sigma(theta)
+
+
+LOG_MAX_SIGMA = math.log(MAX_MAGNITUDE)
+"""A Box policy's ceiling on log sigma in u: sigma <= 1e100, so every draw stays finite."""
 
 
 class MetaGradient(BaseController):
@@ -278,14 +298,16 @@ class MetaGradient(BaseController):
         baseline_ema: float = 0.1,
         seed: int | np.random.Generator | None = None,
     ) -> None:
-        for name, value in (
-            ("lr", lr),
-            ("entropy_bonus", entropy_bonus),
-            ("init_sigma", init_sigma),
-            ("min_sigma", min_sigma),
-        ):
-            if not math.isfinite(value):
-                raise ValueError(f"MetaGradient({name}): must be finite, got {value}")
+        lr = real("MetaGradient(lr)", lr)
+        entropy_bonus = real("MetaGradient(entropy_bonus)", entropy_bonus)
+        init_sigma = real("MetaGradient(init_sigma)", init_sigma)
+        min_sigma = real("MetaGradient(min_sigma)", min_sigma)
+        prob_floor = real("MetaGradient(prob_floor)", prob_floor)
+        ema = real("MetaGradient(ema)", ema)
+        baseline_ema = real("MetaGradient(baseline_ema)", baseline_ema)
+        num_virtual = integer("MetaGradient(num_virtual)", num_virtual)
+        if init is not None:
+            init = real("MetaGradient(init)", init)
         if not lr > 0:
             raise ValueError(f"MetaGradient(lr): must be > 0, got {lr}")
         if optimizer not in ("adam", "sgd"):
@@ -298,9 +320,9 @@ class MetaGradient(BaseController):
             raise ValueError(
                 f"MetaGradient(num_virtual): must be an even number >= 2, got {num_virtual}"
             )
-        if not 0 < min_sigma <= init_sigma:
+        if not 0 < min_sigma <= init_sigma <= MAX_MAGNITUDE:
             raise ValueError(
-                f"MetaGradient(init_sigma, min_sigma): need 0 < min_sigma <= init_sigma, "
+                f"MetaGradient(init_sigma, min_sigma): need 0 < min_sigma <= init_sigma <= 1e100, "
                 f"got init_sigma={init_sigma}, min_sigma={min_sigma}"
             )
         if not 0 < ema <= 1:
@@ -453,11 +475,20 @@ class MetaGradient(BaseController):
 
     def _load_params(self, params: Mapping[str, Any]) -> None:
         n, nq = self._rule.num_params, self._rule.num_values
-        self._theta = check_shape("params.theta", params["theta"], (n,))
-        self._m = check_shape("params.adam_m", params["adam_m"], (n,))
-        self._v = check_shape("params.adam_v", params["adam_v"], (n,))
-        self._t = int(params["adam_t"])
-        self._q = check_shape("params.q", params["q"], (nq,))
-        self._q_seen = bool(params["q_seen"])
-        self._baseline = float(params["baseline"])
-        self._baseline_seen = bool(params["baseline_seen"])
+        theta = check_shape("params.theta", params["theta"], (n,))
+        self._rule.check_params(theta)
+        m = check_shape("params.adam_m", params["adam_m"], (n,))
+        v = check_shape("params.adam_v", params["adam_v"], (n,))
+        if np.any(v < 0):
+            raise ValueError(f"params.adam_v: Adam's second moments must be >= 0, got {v.tolist()}")
+        t = integer("params.adam_t", params["adam_t"], minimum=0)
+        # q and the baseline are averages of advantages and rewards: inside their domain.
+        q = check_shape("params.q", params["q"], (nq,), limit=MAX_MAGNITUDE)
+        baseline = bounded("params.baseline", real("params.baseline", params["baseline"]))
+        flags = {name: params[name] for name in ("q_seen", "baseline_seen")}
+        for name, flag in flags.items():
+            if not isinstance(flag, bool):
+                raise ValueError(f"params.{name}: expected true or false, got {flag!r}")
+        self._theta, self._m, self._v, self._t = theta, m, v, t
+        self._q, self._q_seen = q, flags["q_seen"]
+        self._baseline, self._baseline_seen = baseline, flags["baseline_seen"]

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from metactl import functional as F
+from metactl._validate import MAX_MAGNITUDE, integer, real
 from metactl.controllers._arms import arm_label, check_all_arms, counterfactual_arm_advantages
 from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.feedback import Counterfactual, Feedback
@@ -62,6 +63,9 @@ class TAMPO(BaseController):
                     f"TAMPO(space): needs a metactl.Discrete set of arms, got {space!r}; "
                     "use mc.MetaGradient for a continuous mc.Box"
                 )
+        ema = real("TAMPO(ema)", ema)
+        top_p = real("TAMPO(top_p)", top_p)
+        warmup_steps = integer("TAMPO(warmup_steps)", warmup_steps, minimum=0)
         if not 0.0 < ema <= 1.0:
             raise ValueError(f"TAMPO(ema): must be in (0, 1], got {ema}")
         if not 0.0 <= top_p <= 1.0:
@@ -70,8 +74,6 @@ class TAMPO(BaseController):
             raise ValueError(
                 f"TAMPO(normaliser): must be 'sparsemax' or 'softmax', got {normaliser!r}"
             )
-        if warmup_steps < 0:
-            raise ValueError(f"TAMPO(warmup_steps): must be >= 0, got {warmup_steps}")
         super().__init__(space, seed)
         self.ema = float(ema)
         self.top_p = float(top_p)
@@ -137,6 +139,10 @@ class TAMPO(BaseController):
         return {"ema_advantages": self._abar.copy()}
 
     def _load_params(self, params: Mapping[str, Any]) -> None:
+        # abar is an average of advantages, so it lies in their domain.
         self._abar = check_shape(
-            "params.ema_advantages", params["ema_advantages"], (len(self.space),)
+            "params.ema_advantages",
+            params["ema_advantages"],
+            (len(self.space),),
+            limit=MAX_MAGNITUDE,
         )

@@ -180,3 +180,23 @@ def test_missing_gymnasium_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.delitem(sys.modules, name, raising=False)
         with pytest.raises(mc.DependencyNotInstalled, match=r"metactl\[gym\]"):
             importlib.import_module(name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"task_seed": -1}, "task_seed"),
+        ({"task_seed": 1.5}, "task_seed"),
+        ({"variant": "needle", "needle_payoff": float("inf")}, "needle_payoff"),
+        ({"variant": "needle", "needle_payoff": float("nan")}, "needle_payoff"),
+        ({"num_arms": True}, "num_arms"),
+    ],
+)
+def test_bandit_arguments_are_refused_naming_them(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        gym.make("metactl/Bandit-v0", **kwargs)
+
+
+def test_token_sequence_task_seed_is_named() -> None:
+    with pytest.raises(ValueError, match="task_seed"):
+        gym.make("metactl/TokenSequence-v0", task_seed=-1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -392,3 +394,234 @@ def test_a_controller_that_accepts_only_outcomes_gets_outcomes() -> None:
     feedback = ppo.meta_feedback(decision, ppo.collect(decision.value))
     assert isinstance(feedback, mc.Outcomes)
     assert feedback.decisions == (decision,)
+
+
+# --- a refused checkpoint changes nothing: every key missing, every key wrong ---------------------
+def _tampering_agent() -> PPO:
+    # Short episodes, so the replay log holds RNG starts (autoresets) as well as seeded ones.
+    ctl = mc.TAMPO(mc.Discrete([0.5, 1.0, 2.0]), seed=0)
+    ppo = PPO(make_envs(max_episode_steps=10), ctl, SMALL, seed=0)
+    ppo.iterate()
+    return ppo
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint() -> dict:
+    source = _tampering_agent()
+    source.iterate()
+    source.iterate()
+    return source.state_dict()
+
+
+def _progress(key: str, value) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        progress = json.loads(state["progress"])
+        progress[key] = value(progress) if callable(value) else value
+        state["progress"] = json.dumps(progress)
+
+    return mutate
+
+
+def _del_progress(key: str) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        progress = json.loads(state["progress"])
+        del progress[key]
+        state["progress"] = json.dumps(progress)
+
+    return mutate
+
+
+def _set(key: str, value) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        state[key] = value(state) if callable(value) else value
+
+    return mutate
+
+
+def _adam(index: int, key: str, value) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        entry = state["optimizer"]["state"][index]
+        entry[key] = value(entry[key])
+
+    return mutate
+
+
+def _group(key: str, value) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        state["optimizer"]["param_groups"][0][key] = value
+
+    return mutate
+
+
+def _first_weight(value) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        name = next(iter(state["agent"]))
+        state["agent"][name] = value(state["agent"][name])
+
+    return mutate
+
+
+def _env_log(edit) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        progress = json.loads(state["progress"])
+        edit(progress["env_log"])
+        state["progress"] = json.dumps(progress)
+
+    return mutate
+
+
+def _rng_start(log: dict, edit) -> None:
+    i = next(i for i, s in enumerate(log["starts"]) if "rng" in s)
+    edit(log["starts"][i]["rng"])
+
+
+def _controller(edit) -> Callable[[dict], None]:
+    def mutate(state: dict) -> None:
+        controller = json.loads(state["controller"])
+        edit(controller)
+        state["controller"] = json.dumps(controller)
+
+    return mutate
+
+
+CHECKPOINT_KEYS = ["format_version", "agent", "optimizer", "generator", "next_obs", "controller"]
+PROGRESS_KEYS = [
+    "iteration",
+    "global_step",
+    "seed",
+    "num_envs",
+    "config",
+    "autoreset",
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "env_log",
+]
+TAMPERED = [
+    *[(f"missing {k}", lambda s, k=k: s.pop(k), k) for k in [*CHECKPOINT_KEYS, "progress"]],
+    *[(f"missing progress.{k}", _del_progress(k), k) for k in PROGRESS_KEYS],
+    ("format_version 2", _set("format_version", 2), "format_version"),
+    ("format_version true", _set("format_version", True), "format_version"),
+    ("agent not a dict", _set("agent", [1, 2]), "agent"),
+    ("agent extra key", lambda s: s["agent"].__setitem__("x", torch.zeros(1)), "agent"),
+    ("agent wrong shape", _first_weight(lambda w: torch.zeros(w.shape[0] + 1)), "agent"),
+    ("agent wrong dtype", _first_weight(lambda w: w.double()), "agent"),
+    ("agent NaN", _first_weight(lambda w: torch.full_like(w, math.nan)), "agent"),
+    ("optimizer not Adam's", _set("optimizer", {"state": {}}), "optimizer"),
+    ("optimizer no groups", lambda s: s["optimizer"].__setitem__("param_groups", []), "optimizer"),
+    ("adam exp_avg shape", _adam(0, "exp_avg", lambda t: torch.zeros(3)), r"optimizer\.state"),
+    ("adam exp_avg NaN", _adam(0, "exp_avg", lambda t: t * math.nan), r"optimizer\.state"),
+    ("adam negative v", _adam(1, "exp_avg_sq", lambda t: -1 - t), "second moments"),
+    ("adam step -1", _adam(0, "step", lambda t: torch.tensor(-1.0)), r"\.step"),
+    ("adam step 1.5", _adam(0, "step", lambda t: torch.tensor(1.5)), r"\.step"),
+    ("adam missing moment", lambda s: s["optimizer"]["state"][0].pop("exp_avg"), "exp_avg"),
+    ("adam unknown param", lambda s: s["optimizer"]["state"].__setitem__(99, {}), "optimizer"),
+    ("adam betas", _group("betas", (0.5, 0.5)), "betas"),
+    ("adam lr inf", _group("lr", math.inf), r"\.lr"),
+    ("adam params", _group("params", [0]), r"\.params"),
+    ("generator short", _set("generator", torch.zeros(3, dtype=torch.uint8)), "generator"),
+    ("generator float", _set("generator", lambda s: s["generator"].float()), "generator"),
+    ("generator list", _set("generator", [1, 2, 3]), "generator"),
+    ("next_obs shape", _set("next_obs", lambda s: s["next_obs"][:2]), "next_obs"),
+    ("next_obs dtype", _set("next_obs", lambda s: s["next_obs"].double()), "next_obs"),
+    ("next_obs NaN", _set("next_obs", lambda s: s["next_obs"] * math.nan), "next_obs"),
+    ("next_obs numpy", _set("next_obs", lambda s: s["next_obs"].numpy()), "next_obs"),
+    # Well formed but not where the replay log leads: refused only after replaying, so the
+    # environments must be replayed back.
+    ("next_obs moved", _set("next_obs", lambda s: s["next_obs"] + 0.5), "env_log"),
+    ("controller not JSON", _set("controller", "{"), "controller"),
+    ("controller a list", _set("controller", "[]"), "controller"),
+    ("controller bytes", _set("controller", b"{}"), "controller"),
+    ("controller other space", _controller(lambda c: c.update(space_fingerprint="0")), "space"),
+    (
+        "controller NaN",
+        _controller(lambda c: c["params"].__setitem__("ema_advantages", [math.nan] * 3)),
+        "ema_advantages",
+    ),
+    ("progress not JSON", _set("progress", "{"), "progress"),
+    ("progress a list", _set("progress", "[1]"), "progress"),
+    ("iteration -1", _progress("iteration", -1), "iteration"),
+    ("iteration text", _progress("iteration", "3"), "iteration"),
+    ("global_step 1.5", _progress("global_step", 1.5), "global_step"),
+    ("seed -1", _progress("seed", -1), "seed"),
+    ("num_envs", _progress("num_envs", 2), "num_envs"),
+    ("config", _progress("config", lambda p: {**p["config"], "gamma": 0.5}), "config"),
+    ("config not a dict", _progress("config", 1), "config"),
+    ("autoreset ints", _progress("autoreset", [0, 0, 0]), "autoreset"),
+    ("autoreset short", _progress("autoreset", [False]), "autoreset"),
+    ("episode_return NaN", _progress("episode_return", [math.nan] * 3), "episode_return"),
+    ("episode_length -1", _progress("episode_length", [-1, 0, 0]), "episode_length"),
+    ("episodes text", _progress("episodes", "x"), "episodes"),
+    ("episodes bad return", _progress("episodes", [[1, "x", 2]]), "episodes"),
+    ("episodes short", _progress("episodes", [[1, 2.0]]), "episodes"),
+    ("env_log not a dict", _progress("env_log", [1]), "env_log"),
+    ("env_log starts short", _env_log(lambda log: log["starts"].pop()), "env_log"),
+    ("env_log start kind", _env_log(lambda log: log["starts"].__setitem__(0, {})), "env_log"),
+    ("env_log seed -1", _env_log(lambda log: log["starts"].__setitem__(0, {"seed": -1})), "seed"),
+    (
+        "env_log rng inc even",
+        _env_log(lambda log: _rng_start(log, lambda r: r["state"].__setitem__("inc", 2))),
+        "inc",
+    ),
+    (
+        "env_log rng float state",
+        _env_log(lambda log: _rng_start(log, lambda r: r["state"].__setitem__("state", 1.5))),
+        "rng",
+    ),
+    ("env_log action", _env_log(lambda log: log["actions"][0].append(7)), "actions"),
+    ("env_log action text", _env_log(lambda log: log["actions"][0].append("a")), "actions"),
+]
+
+
+def _snapshot(ppo: PPO) -> dict:
+    opt = ppo.optimizer.state_dict()
+    return {
+        "params": params(ppo),
+        "adam": {
+            i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in e.items()}
+            for i, e in opt["state"].items()
+        },
+        "groups": json.dumps(opt["param_groups"]),
+        "controller": json.dumps(ppo.controller.state_dict()),
+        "generator": ppo.generator.get_state().clone(),
+        "progress": (ppo.iteration, ppo.global_step, list(ppo.episodes)),
+        "envs": json.dumps(ppo.env_cursor.state_dict()),
+        "obs": np.array(ppo.env_cursor.obs, copy=True),
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["params"].keys() == b["params"].keys()
+    for key in a["params"]:
+        np.testing.assert_array_equal(a["params"][key], b["params"][key], err_msg=key)
+    assert a["adam"].keys() == b["adam"].keys()
+    for i in a["adam"]:
+        for key, value in a["adam"][i].items():
+            assert torch.equal(value, b["adam"][i][key]), (i, key)
+    for key in ("groups", "controller", "progress", "envs"):
+        assert a[key] == b[key], key
+    assert torch.equal(a["generator"], b["generator"])
+    np.testing.assert_array_equal(a["obs"], b["obs"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"), [t[1:] for t in TAMPERED], ids=[t[0] for t in TAMPERED]
+)
+def test_a_tampered_checkpoint_is_refused_and_the_run_is_unchanged(
+    good_checkpoint: dict, mutate, match: str
+) -> None:
+    state = copy.deepcopy(good_checkpoint)
+    mutate(state)
+    target, twin = _tampering_agent(), _tampering_agent()  # twin: never given the checkpoint
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(state)
+    _assert_same(_snapshot(target), _snapshot(twin))
+    # And the run continues exactly as the twin's.
+    assert json.dumps(target.iterate()) == json.dumps(twin.iterate())
+    _assert_same(_snapshot(target), _snapshot(twin))
+
+
+def test_the_untampered_checkpoint_loads(good_checkpoint: dict) -> None:
+    target = _tampering_agent()
+    target.load_state_dict(copy.deepcopy(good_checkpoint))
+    assert target.iteration == 3

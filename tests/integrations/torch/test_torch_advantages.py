@@ -68,3 +68,11 @@ def test_bad_inputs_raise_value_error_naming_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=name):
         grpo_advantages(**kwargs)  # type: ignore[arg-type]
+
+
+def test_an_all_equal_group_is_exactly_zero_even_with_eps_zero() -> None:
+    out = grpo_advantages(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2, eps=0.0)
+    assert out[:2].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(out[2:], torch.tensor([-1.0, 1.0]) / math.sqrt(2))
+    flat = grpo_advantages(torch.ones(4), 2, eps=0.0, scale="batch")
+    assert flat.tolist() == [0.0] * 4

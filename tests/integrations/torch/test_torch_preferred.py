@@ -99,3 +99,32 @@ def test_no_gradient_and_bad_inputs() -> None:
     bad[0, 2, 5] = math.nan
     with pytest.raises(ValueError, match="logits"):
         preferred_temperature(bad, tokens, mask)
+
+
+def test_top_k_masked_logits_are_accepted_as_by_temperature_loglik() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 9, generator=gen) * 2
+    tokens = torch.randint(0, 9, (3, 6), generator=gen)
+    mask = torch.ones(3, 6)
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(4, -1).indices, True)
+    keep |= torch.nn.functional.one_hot(tokens, 9).bool()
+    masked = logits.masked_fill(~keep, -math.inf)
+    got = preferred_temperature(masked, tokens, mask, bounds=(0.05, 10.0))
+    # Independent: the maximiser of l_T on a fine grid in float64 (-inf entries have p = 0).
+    grid = torch.exp(torch.linspace(math.log(0.05), math.log(10.0), 4001, dtype=torch.float64))
+    z = masked.double()[None] / grid[:, None, None, None]
+    ll = z.log_softmax(-1).gather(-1, tokens[None, ..., None].expand(len(grid), -1, -1, 1))
+    best = grid[ll.squeeze(-1).mean(-1).argmax(0)]
+    torch.testing.assert_close(got.double(), best, rtol=2e-3, atol=0)
+    assert torch.isfinite(temperature_loglik(masked, tokens, mask, [0.5, 1.0])).all()
+
+
+def test_finite_logits_that_overflow_fp32_are_not_blamed_on_nan() -> None:
+    logits = torch.tensor([[[1e39, 0.0, -1.0]]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="finite but span more than fp32") as err:
+        preferred_temperature(logits, torch.tensor([[1]]), torch.ones(1, 1))
+    assert "NaN" not in str(err.value)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        preferred_temperature(
+            torch.tensor([[[math.nan, 0.0]]]), torch.tensor([[1]]), torch.ones(1, 1)
+        )
