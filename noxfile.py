@@ -25,8 +25,16 @@ def trl(session: nox.Session, release: str) -> None:
     """The TRL integration's tests on one TRL release (requests: TRL 1.0-1.x imports it undeclared)."""
     session.install("torch==2.13.0")
     session.install(
-        "-e", ".[lab]", f"trl=={release}", "peft>=0.15", "requests", "pytest>=8", "pytest-timeout>=2.2",
+        "-e",
+        ".[lab]",
+        f"trl=={release}",
+        "peft>=0.15",
+        "requests",
+        "pytest>=8",
+        "pytest-timeout>=2.2",
         "triton>=3.0",
     )
     session.run("python", "-m", "pip", "check")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/integrations/trl", *session.posargs)
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", "tests/integrations/trl", *session.posargs
+    )

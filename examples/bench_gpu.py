@@ -11,8 +11,10 @@ Prints one JSON object per result, every row measured in this one process run:
                   (target: <= 1.6x)
     trainer       GRPOTrainer against MetaGRPOTrainer (TAMPO) on a Qwen2-0.5B-shaped model
                   with random bf16 weights (built from a config, no download), 32 completions
-                  of 256 tokens per step, the two alternated in this process (targets:
-                  training part <= 1.05x, whole step <= 1.02x, peak memory <= 1.02x)
+                  of 256 tokens per step, the two alternated in this process, with the
+                  fold implementation of the other rows (targets, docs/performance.md:
+                  training part <= 1.02x, whole step <= 1.02x, peak memory <= 1.02x; the
+                  ratio's 95% interval over the alternated pairs of runs resolves 2%)
 
 Times: CUDA events around each call, the median of --repeats calls after --warmup calls.
 Trainer: a callback times each optimizer step (synchronised), a wrapper times
@@ -71,10 +73,10 @@ class Args:
     warmup: int = 2
     repeats: int = 7
     rows: tuple[str, ...] = ("fused_head", "loglik", "from_hidden", "trainer")
-    trainer_steps: int = 3
+    trainer_steps: int = 6
     """timed steps per trainer run (after one warm-up step)"""
-    trainer_repeats: int = 2
-    """runs of each trainer, alternated"""
+    trainer_repeats: int = 6
+    """runs of each trainer, alternated (pairs: the interval of the ratio is over them)"""
     completions: int = 32
     completion_length: int = 256
     num_generations: int = 8
@@ -157,7 +159,7 @@ def bench_fused_head(args: Args, device: torch.device, dtype: torch.dtype) -> No
 def fused_head_row(args: Args, device: torch.device, dtype: torch.dtype, h: int) -> None:
     from trl.kernels import ChunkedLogProbFunction
 
-    from metactl.integrations.trl._head import TileFold
+    from metactl.integrations.trl._seam_fused import TileFold
 
     temps = temperatures(args.k)
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -176,7 +178,9 @@ def fused_head_row(args: Args, device: torch.device, dtype: torch.dtype, h: int)
             hidden.grad = weight.grad = None
 
     def folded(backward: bool) -> None:
-        fold = TileFold(temps, scored, args.vocab_size, implementation=args.implementation)
+        fold = TileFold(
+            temps, scored, args.vocab_size, device=device, implementation=args.implementation
+        )
         with fold.installed():
             head(backward)
         fold.scores()
@@ -380,7 +384,11 @@ def train_run(meta: bool, args: Args, tok: Any, data: Any, device: torch.device)
             callbacks=[StepTimer()],
         )
         trainer = (
-            MetaGRPOTrainer(**common, controller=mc.TAMPO(seed=args.seed))
+            MetaGRPOTrainer(
+                **common,
+                controller=mc.TAMPO(seed=args.seed),
+                fold_implementation=args.implementation,
+            )
             if meta
             else GRPOTrainer(**common)
         )
@@ -424,6 +432,15 @@ def bench_trainer(args: Args, device: torch.device) -> None:
 
     step_plain, step_meta = median(False, "step"), median(True, "step")
     train_plain, train_meta = median(False, "train"), median(True, "train")
+    # run r of each trainer ran side by side: the ratio of their medians, per pair
+    pairs = [
+        statistics.median(m["train"]) / statistics.median(p["train"])
+        for p, m in zip(runs[False], runs[True], strict=True)
+    ]
+    from scipy import stats
+
+    n = len(pairs)
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(pairs) / n**0.5 if n > 1 else float("nan")
     peaks = {m: max((run["peak"] or 0) for run in runs[m]) for m in (False, True)}
     emit(
         {
@@ -442,6 +459,12 @@ def bench_trainer(args: Args, device: torch.device) -> None:
             "grpo_train_part_s": round(train_plain, 4),
             "meta_train_part_s": round(train_meta, 4),
             "train_part_ratio": round(train_meta / train_plain, 4),
+            "train_part_ratio_pairs": [round(r, 4) for r in pairs],
+            "train_part_ratio_ci95": [
+                round(statistics.mean(pairs) - half, 4),
+                round(statistics.mean(pairs) + half, 4),
+            ],
+            "implementation": args.implementation,
             "grpo_peak_mb": round(peaks[False] / 2**20, 1) if peaks[False] else None,
             "meta_peak_mb": round(peaks[True] / 2**20, 1) if peaks[True] else None,
             "peak_memory_ratio": round(peaks[True] / peaks[False], 4) if peaks[False] else None,

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import trl
 from datasets import Dataset
 from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer
-
-import trl
 
 import metactl as mc
 from metactl.integrations.lab.testbed import make_tokenizer

@@ -62,7 +62,7 @@ class Seam(ABC):
         self._armed: tuple[list[float], int] | None = None
         self._scores: list[Tensor] = []
 
-    def set_temperature(self, value: float) -> None:
+    def set_temperature(self, value: float) -> None:  # noqa: B027 - a no-op by default
         """Make TRL's later loss forwards score at ``value``.
 
         The default does nothing: TRL reads ``trainer.temperature`` at call time, which the
@@ -91,7 +91,8 @@ class Seam(ABC):
                 f"seam {self.name!r}: scored {got} rollouts in the loss forwards, expected "
                 f"{batch_size}; {SUPPORTED}"
             )
-        return torch.cat(scores, dim=0)
+        out: Tensor = torch.cat(scores, dim=0)
+        return out
 
     def keep(self, per_token: Tensor) -> None:
         """Keep one forward's ``[b, L, K]`` scores (called by the seam's hook)."""
@@ -104,7 +105,7 @@ class Seam(ABC):
 
 def _reference(model: Any, ids: Tensor, mask: Tensor, length: int) -> Tensor:
     """The policy's own fp64 logits at the positions predicting the last ``length`` tokens."""
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    logits: Tensor = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return logits[:, -length - 1 : -1].double()
 
 
@@ -199,7 +200,7 @@ def choose_seam(trainer: Any, policy: Any, implementation: str) -> Seam:
                 from ._seam_fused import follow_fused_heads
 
                 temperature = follow_fused_heads(trainer, policy)
-            seam = make(trainer, policy, temperature, implementation)
+            seam: Seam = make(trainer, policy, temperature, implementation)
         except (AttributeError, ImportError, TypeError, RuntimeError) as err:
             failures.append(f"{make.name}: {err}")
             continue

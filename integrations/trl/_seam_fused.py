@@ -81,7 +81,9 @@ def follow_fused_heads(trainer: Any, policy: Any) -> RoundTemperature:
     _refit(policy, temperature, cast, ("log_probs", "entropy"))
     if trainer.ref_model is not None:
         ref = trainer.accelerator.unwrap_model(trainer.ref_model)
-        _refit(ref.get_base_model() if is_peft_model(ref) else ref, temperature, cast, ("log_probs",))
+        _refit(
+            ref.get_base_model() if is_peft_model(ref) else ref, temperature, cast, ("log_probs",)
+        )
     return temperature
 
 
@@ -373,8 +375,9 @@ class TileFold:
                 _RowBlock(rows, OnlineTemperatureLogSoftmax(targets[rows], self.betas))
             )
         block = self._blocks[-1]
-        rows, acc = block.rows, block.acc
-        assert rows is not None and isinstance(acc, OnlineTemperatureLogSoftmax)  # the torch path's blocks hold these
+        block_rows, acc = block.rows, block.acc
+        # the torch path's blocks hold these
+        assert block_rows is not None and isinstance(acc, OnlineTemperatureLogSoftmax)
         if vocab_start != block.columns:
             raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
         block.columns += n_cols
@@ -382,8 +385,8 @@ class TileFold:
         if self._work.numel() < step * n_cols:
             self._work = torch.empty(step * n_cols, dtype=torch.float32, device=tile.device)
             self._raw = torch.empty(step * n_cols, dtype=tile.dtype, device=tile.device)
-        for start in range(0, rows.numel(), step):
-            sub = rows[start : start + step]
+        for start in range(0, block_rows.numel(), step):
+            sub = block_rows[start : start + step]
             z = self._work[: sub.numel() * n_cols].view(sub.numel(), n_cols)
             if tile.dtype == torch.float32:
                 torch.index_select(tile, 0, sub, out=z)
@@ -408,7 +411,9 @@ class TileFold:
 
         if vocab_start == 0:
             n = targets.shape[0]
-            active = None if self._active is None else self._active[self._next_row : self._next_row + n]
+            active = (
+                None if self._active is None else self._active[self._next_row : self._next_row + n]
+            )
             self._next_row += n
             self._blocks.append(_RowBlock(active, TritonFold(targets, self._beta_row)))
         block = self._blocks[-1]
@@ -477,5 +482,3 @@ class _ThenLaunch:
 
     def __getitem__(self, grid: Any) -> Callable[..., None]:
         return _then(self.kernel[grid], self.then)
-
-

@@ -19,7 +19,6 @@ import inspect
 import json
 import os
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch

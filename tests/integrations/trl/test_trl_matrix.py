@@ -116,9 +116,7 @@ def test_counterfactual_rows_equal_a_float64_recomputation_paired_with_their_adv
     tokenizer, model, tmp_path
 ):
     """Two micro-batches per round (TRL shuffles the generation batch): match rows, not order."""
-    args = make_config(
-        tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=2
-    )
+    args = make_config(tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=2)
     trainer = MetaGRPOTrainer(
         model=model,
         reward_funcs=digit_reward,
@@ -234,7 +232,9 @@ def test_a_grpo_trainer_without_the_methods_relied_on_is_refused(
     tokenizer, model, tmp_path, monkeypatch
 ):
     monkeypatch.delattr(GRPOTrainer, "_calculate_rewards")
-    with pytest.raises(RuntimeError, match=r"GRPOTrainer\._calculate_rewards is missing.*trl>=1\.0"):
+    with pytest.raises(
+        RuntimeError, match=r"GRPOTrainer\._calculate_rewards is missing.*trl>=1\.0"
+    ):
         twin(tokenizer, model, tmp_path, "moved")
 
 

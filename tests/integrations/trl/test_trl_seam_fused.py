@@ -19,11 +19,11 @@ chunked_logprob = pytest.importorskip("trl.kernels.chunked_logprob")
 if "_forward_tile" not in vars(chunked_logprob):
     pytest.skip("this TRL's fused LM head has no torch tiles", allow_module_level=True)
 
-from transformers import Qwen2Config, Qwen2ForCausalLM
-from trl.kernels import ChunkedLogProbFunction
-from trl.trainer.utils import add_fused_lm_head
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from trl.kernels import ChunkedLogProbFunction  # noqa: E402
+from trl.trainer.utils import add_fused_lm_head  # noqa: E402
 
-from metactl.integrations.trl._seam_fused import (
+from metactl.integrations.trl._seam_fused import (  # noqa: E402
     FusedTileSeam,
     RoundTemperature,
     TileFold,

@@ -126,11 +126,15 @@ def test_every_micro_batch_scores_at_its_round_temperature(tokenizer, model_path
     checked: list[tuple[str, float]] = []
     inner = trainer._get_per_token_logps_and_entropies
 
-    def checking(model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        logps, entropies, aux = inner(model, input_ids, attention_mask, logits_to_keep, **kwargs)
+    def checking(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        out = inner(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        logps = out[0]  # TRL 1.0 returns (logps, entropies); later releases add the aux loss
         temperature = spy.temperatures[-1]  # the round's sampling temperature
+        # a plain copy of the weights: a forward of `model` itself would be seen by the seam
+        plain = type(model)(model.config).eval()
+        plain.load_state_dict(model.state_dict())
         with torch.no_grad(), trainer.accelerator.autocast():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = plain(input_ids=input_ids, attention_mask=attention_mask).logits
             logits = logits[:, -logits_to_keep - 1 : -1].float() / temperature
             tokens = input_ids[:, -logits_to_keep:]
             want = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
@@ -140,7 +144,7 @@ def test_every_micro_batch_scores_at_its_round_temperature(tokenizer, model_path
             "ref" if model is trainer.ref_model else ("loss" if torch.is_grad_enabled() else "old")
         )
         checked.append((role, temperature))
-        return logps, entropies, aux
+        return out
 
     trainer._get_per_token_logps_and_entropies = checking
     trainer.train()
