@@ -6,9 +6,12 @@ from the policy's weights, so that it holds on 1.0 (logits), 1.16 (fused tiles) 
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import math
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -254,3 +257,18 @@ def test_a_controller_that_already_decided_warns(tokenizer, model, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         MetaGRPOTrainer(model=model, controller=mc.TAMPO(seed=0), **kwargs)
+
+
+def test_import_touches_no_private_trl_module():
+    """``import metactl.integrations.trl`` works on every release: TRL's kernel module is tried
+    only when a trainer is built (and only on a release with a fused LM head)."""
+    code = (
+        "import sys, metactl.integrations.trl as m; "
+        "print(sorted(k for k in sys.modules if k.startswith('metactl.integrations.trl.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = ast.literal_eval(out.strip())
+    assert "metactl.integrations.trl._seam_fused" not in loaded
+    assert "metactl.integrations.trl.trainer" in loaded

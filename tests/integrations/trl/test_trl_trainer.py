@@ -497,6 +497,9 @@ def test_fold_implementation_is_checked_at_construction(tokenizer, model, tmp_pa
         build("cuda")
     # the kernel cannot run on this CPU model outside Triton's interpreter: refused up front
     pytest.importorskip("triton")
-    with pytest.raises(ValueError, match="implementation=.triton. runs on CUDA or XPU"):
-        build("triton")
+    from metactl.integrations.torch._dispatch import interpreting
+
+    if not interpreting():  # TRL 1.15's matrix session runs under the interpreter
+        with pytest.raises(ValueError, match="implementation=.triton. runs on CUDA or XPU"):
+            build("triton")
     assert build("torch")._seam.implementation == "torch"
