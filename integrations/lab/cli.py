@@ -85,8 +85,9 @@ def _run(
             "trainer.report_to: tensorboard needs the tensorboard package "
             "(pip install tensorboard), or set report_to: none"
         )
+    meta = {"config": cfg.model_dump(mode="json"), "labels": [c.label() for c in cfg.controllers]}
     try:  # before anything is printed or written
-        check_out(out, {"config": cfg.model_dump(mode="json")}, resume=args.resume)
+        check_out(out, meta, resume=args.resume)
     except RunFolderError as exc:
         return _fail(str(exc))
 
@@ -135,6 +136,11 @@ def _run(
     return 0
 
 
+def _out(args: argparse.Namespace, kind: str) -> Path:
+    """The ``--out`` folder, or the default one when ``--out`` is not given."""
+    return _default_out(kind) if args.out is None else Path(args.out)
+
+
 def _with_overrides(cfg: CompareConfig, args: argparse.Namespace) -> CompareConfig:
     """``cfg`` with ``--seeds``/``--steps`` applied, validated again.
 
@@ -160,7 +166,7 @@ def _cmd_demo(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         cfg = _with_overrides(demo_config(quick=args.quick), args)
     except ConfigError as exc:
         return _fail(str(exc))
-    return _run(cfg, Path(args.out) if args.out else _default_out("demo"), args, argv)
+    return _run(cfg, _out(args, "demo"), args, argv)
 
 
 def _cmd_compare(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -170,24 +176,41 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         cfg = _with_overrides(load_config(args.config), args)
     except ConfigError as exc:
         return _fail(str(exc))
-    return _run(cfg, Path(args.out) if args.out else _default_out("compare"), args, argv)
+    return _run(cfg, _out(args, "compare"), args, argv)
 
 
 def _cmd_plot(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     import importlib.util
 
     from metactl.integrations.lab.report import write_report
-    from metactl.integrations.lab.rundir import CONFIG_FILE, RUNS_DIR
+    from metactl.integrations.lab.rundir import (
+        CONFIG_FILE,
+        RUNS_DIR,
+        RunFolderError,
+        folder_error,
+    )
 
     out = Path(args.run_dir)
-    if not (out / RUNS_DIR).is_dir() and not (out / CONFIG_FILE).is_file():
+    if not (out / RUNS_DIR).exists() and not (out / CONFIG_FILE).exists():
         return _fail(
             f"plot: {out} is not a metactl run folder (no {RUNS_DIR}/ or {CONFIG_FILE} inside); "
             "pass the --out folder of a demo or compare run"
         )
-    summary = write_report(out, figure=importlib.util.find_spec("matplotlib") is not None)
+    try:
+        summary = write_report(out, figure=importlib.util.find_spec("matplotlib") is not None)
+    except RunFolderError as exc:
+        return _fail(f"plot: {exc}")
+    except OSError as exc:
+        return _fail(f"plot: {folder_error(out, exc)}")
     _print_summary(summary, out)
     return 0
+
+
+def _folder(text: str) -> str:
+    """A folder argument: any non-blank path."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -197,6 +220,14 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _small_count(text: str) -> int:
+    """A count of processes or threads: 1..1024."""
+    value = _positive_int(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"expected at most 1024, got {value}")
     return value
 
 
@@ -217,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", help="output folder (default: metactl-runs/<command>-<time>)")
+        p.add_argument(
+            "--out", type=_folder, help="output folder (default: metactl-runs/<command>-<time>)"
+        )
         p.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
         p.add_argument(
             "--steps", type=_positive_int, help="GRPO steps per run (overrides the config)"
@@ -236,14 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--workers",
-            type=_positive_int,
+            type=_small_count,
             default=1,
             help="runs trained at once, each in its own process with one torch thread "
             "(default 1; up to the CPU cores)",
         )
         p.add_argument(
             "--threads",
-            type=_positive_int,
+            type=_small_count,
             default=1,
             help="torch CPU threads of the main process (default 1)",
         )
@@ -280,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite summary.json, report.md and report.png of a run folder",
         description="Regenerate the report of a finished or interrupted run folder.",
     )
-    plot.add_argument("run_dir", help="the --out folder of a demo or compare run")
+    plot.add_argument("run_dir", type=_folder, help="the --out folder of a demo or compare run")
     plot.set_defaults(func=_cmd_plot)
     return parser
 

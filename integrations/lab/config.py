@@ -40,19 +40,60 @@ from metactl.controllers import (
 )
 from metactl.errors import require
 from metactl.integrations.lab.rundir import folder_names
-from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES
+from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES, MAX_EVAL_SIZE, max_eval_size
 from metactl.integrations.lab.testbed.warmstart import WarmStartConfig
 from metactl.spaces import Box, Discrete
 
 require("pydantic", "lab")
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator  # noqa: E402
+from pydantic import (  # noqa: E402
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
 Outcome = Literal["mean_reward", "informative_fraction"]
 """The reward of a bandit controller's Outcome feedback (``MetaGRPOTrainer(outcome=...)``)."""
 
-Temperature = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-"""A sampling temperature: finite and > 0."""
+#: The sampling temperatures a config may name: beyond them logits / T overflows or flattens.
+TEMPERATURE_RANGE = (0.01, 100.0)
+#: The most seeds of one experiment (``seeds: N``), and the largest seed (numpy's, 2**32 - 1).
+MAX_SEEDS = 1000
+MAX_SEED = 2**32 - 1
+#: The most GRPO steps of one run.
+MAX_STEPS = 1_000_000
+
+
+def _not_bool(value: Any) -> Any:
+    # YAML's `true` is a bool, and pydantic would read it as 1.0: refuse it for numbers.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got a boolean ({value})")
+    return value
+
+
+def _sane_temperature(value: float) -> float:
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= value <= hi:
+        raise ValueError(f"a temperature must be in [{lo:g}, {hi:g}]")
+    return value
+
+
+Real = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+"""A finite number (not a boolean)."""
+
+Int = Annotated[int, Strict()]
+"""An integer (not a boolean, a float or a string)."""
+
+Temperature = Annotated[Real, Field(gt=0), AfterValidator(_sane_temperature)]
+"""A sampling temperature: finite, > 0 and within :data:`TEMPERATURE_RANGE`."""
+
+Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
+"""A seed numpy takes: 0..2**32 - 1."""
 
 
 class ConfigError(ValueError):
@@ -95,10 +136,10 @@ class TAMPOSpec(_Spec):
 
     kind: Literal["tampo"]
     temperatures: list[Temperature] | None = Field(default=None, min_length=2)
-    ema: float = Field(default=0.05, gt=0, le=1)
-    top_p: float = Field(default=0.7, ge=0, le=1)
+    ema: Real = Field(default=0.05, gt=0, le=1)
+    top_p: Real = Field(default=0.7, ge=0, le=1)
     normaliser: Literal["sparsemax", "softmax"] = "sparsemax"
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: Int = Field(default=0, ge=0, le=MAX_STEPS)
 
     def default_name(self) -> str:
         return "TAMPO"
@@ -124,10 +165,10 @@ class MetaGradientSpec(_Spec):
     )
     low: Temperature = Field(default=0.6, description="Box lower bound.")
     high: Temperature = Field(default=1.5, description="Box upper bound.")
-    lr: float = Field(default=0.05, gt=0)
-    entropy_bonus: float = Field(default=0.0, ge=0)
-    prob_floor: float = Field(default=0.0, ge=0, lt=1)
-    ema: float = Field(default=1.0, gt=0, le=1)
+    lr: Real = Field(default=0.05, gt=0, le=100)
+    entropy_bonus: Real = Field(default=0.0, ge=0, le=100)
+    prob_floor: Real = Field(default=0.0, ge=0, lt=1)
+    ema: Real = Field(default=1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check_box(self) -> MetaGradientSpec:
@@ -165,9 +206,9 @@ class SlidingWindowUCBSpec(_Spec):
 
     kind: Literal["sliding_window_ucb"]
     temperatures: list[Temperature] | None = Field(default=None, min_length=2)
-    window: int = Field(default=160, ge=1)
-    epsilon: float = Field(default=0.5, ge=0, le=1)
-    bonus: float = Field(default=1.0, ge=0)
+    window: Int = Field(default=160, ge=1, le=MAX_STEPS)
+    epsilon: Real = Field(default=0.5, ge=0, le=1)
+    bonus: Real = Field(default=1.0, ge=0, le=1e6)
     outcome: Outcome = "mean_reward"
 
     def default_name(self) -> str:
@@ -193,7 +234,9 @@ class ScheduleSpec(_Spec):
     shape: Literal["linear", "cosine"] = "linear"
     start: Temperature = 0.9
     end: Temperature = 1.5
-    steps: int | None = Field(default=None, ge=1, description="Default: the run's steps.")
+    steps: Int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="Default: the run's steps."
+    )
 
     def default_name(self) -> str:
         return f"{self.shape} {self.start:g}-{self.end:g}"
@@ -212,7 +255,7 @@ class PiecewiseSpec(_Spec):
     """
 
     kind: Literal["piecewise"]
-    boundaries: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    boundaries: list[Annotated[Int, Field(ge=1, le=MAX_STEPS)]] = Field(min_length=1)
     values: list[Temperature] = Field(min_length=2)
 
     @model_validator(mode="after")
@@ -242,8 +285,10 @@ class EntropyTargetSpec(_Spec):
     kind: Literal["entropy_target"]
     low: Temperature = 0.6
     high: Temperature = 1.5
-    target: float | None = Field(default=None, gt=0, description="Nats; default: set by warmup.")
-    warmup: int = Field(default=10, ge=1)
+    target: Real | None = Field(
+        default=None, gt=0, le=100, description="Nats; default: set by warmup."
+    )
+    warmup: Int = Field(default=10, ge=1, le=MAX_STEPS)
 
     @model_validator(mode="after")
     def _check_box(self) -> EntropyTargetSpec:
@@ -305,10 +350,10 @@ class TrainerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    learning_rate: float = Field(default=1e-4, gt=0)
-    prompts_per_step: int = Field(default=16, ge=1)
-    num_generations: int = Field(default=8, ge=2)
-    beta: float = Field(default=0.0, ge=0)
+    learning_rate: Real = Field(default=1e-4, gt=0, le=1)
+    prompts_per_step: Int = Field(default=16, ge=1, le=4096)
+    num_generations: Int = Field(default=8, ge=2, le=1024)
+    beta: Real = Field(default=0.0, ge=0, le=1e3)
     report_to: Literal["none", "tensorboard"] = Field(
         default="none",
         description="TRL's report_to per run; tensorboard logs under the run's tensorboard/.",
@@ -321,10 +366,10 @@ class WarmStartSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     size: Literal["tiny", "small", "medium"] = WarmStartConfig.size  # type: ignore[assignment]
-    seed: int = Field(default=WarmStartConfig.seed, ge=0)
-    target_accuracy: float = Field(default=WarmStartConfig.target_accuracy, gt=0, le=1)
-    max_steps: int = Field(default=WarmStartConfig.max_steps, ge=1)
-    misconception: float = Field(
+    seed: Seed = WarmStartConfig.seed
+    target_accuracy: Real = Field(default=WarmStartConfig.target_accuracy, gt=0, le=1)
+    max_steps: Int = Field(default=WarmStartConfig.max_steps, ge=1, le=MAX_STEPS)
+    misconception: Real = Field(
         default=WarmStartConfig.misconception,
         description="Fraction of examples taught a last-digit-shifted answer (checked by "
         "WarmStartConfig: in [0, 1), exact-answer tasks).",
@@ -338,9 +383,11 @@ class CompareConfig(BaseModel):
         task: testbed task (``addition``, ``sorting``, ``countdown``).
         difficulty: the task's difficulty knob.
         steps: GRPO steps (rounds) per run.
-        seeds: how many seeds (0..n-1), or an explicit list.
+        seeds: how many seeds (0..n-1, at most :data:`MAX_SEEDS`), or an explicit list of
+            seeds in 0..2**32 - 1.
         eval_every: steps between held-out evaluations (the learning curve).
-        eval_size: held-out prompts per evaluation.
+        eval_size: held-out prompts per evaluation, at most the task's distinct held-out
+            prompts (:func:`~metactl.integrations.lab.testbed.tasks.max_eval_size`).
         trainer: GRPO settings.
         warm_start: warm-start settings.
         controllers: the controllers to compare (distinct labels).
@@ -349,11 +396,11 @@ class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: str = "addition"
-    difficulty: int = 2
-    steps: int = Field(default=150, ge=1)
-    seeds: int | list[Annotated[int, Field(ge=0)]] = 3
-    eval_every: int = Field(default=10, ge=1)
-    eval_size: int = Field(default=200, ge=1)
+    difficulty: Int = 2
+    steps: Int = Field(default=150, ge=1, le=MAX_STEPS)
+    seeds: Int | list[Seed] = 3
+    eval_every: Int = Field(default=10, ge=1)
+    eval_size: Int = Field(default=200, ge=1, le=MAX_EVAL_SIZE)
     trainer: TrainerSettings = TrainerSettings()
     warm_start: WarmStartSettings = WarmStartSettings()
     controllers: list[ControllerSpec] = Field(min_length=1)
@@ -365,12 +412,20 @@ class CompareConfig(BaseModel):
         lo, hi = DIFFICULTY_RANGES[self.task]
         if not lo <= self.difficulty <= hi:
             raise ValueError(f"difficulty: {self.task} takes {lo}..{hi}, got {self.difficulty}")
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise ValueError(f"seeds: need at least 1, got {self.seeds}")
+        if isinstance(self.seeds, int) and not 1 <= self.seeds <= MAX_SEEDS:
+            raise ValueError(f"seeds: need 1..{MAX_SEEDS} seeds, got {self.seeds}")
+        available = max_eval_size(self.task, self.difficulty)
+        if self.eval_size > available:
+            raise ValueError(
+                f"eval_size: {self.task} at difficulty {self.difficulty} has {available} "
+                f"distinct held-out prompts, got eval_size {self.eval_size}; set eval_size "
+                f"to at most {available}"
+            )
         if isinstance(self.seeds, list) and (
-            not self.seeds or len(set(self.seeds)) != len(self.seeds)
+            not 1 <= len(self.seeds) <= MAX_SEEDS or len(set(self.seeds)) != len(self.seeds)
         ):
-            raise ValueError(f"seeds: need a non-empty list of distinct seeds, got {self.seeds}")
+            shown = self.seeds if len(self.seeds) <= 10 else f"{len(self.seeds)} seeds"
+            raise ValueError(f"seeds: need a list of 1..{MAX_SEEDS} distinct seeds, got {shown}")
         labels = [c.label() for c in self.controllers]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
@@ -407,8 +462,12 @@ class CompareConfig(BaseModel):
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
+        if e["type"] == "int_type" and isinstance(e.get("input"), list):
+            continue  # the int branch of `int | list[...]`: the list branch says what is wrong
         parts: list[str] = []
         for p in e["loc"]:
+            if isinstance(p, str) and (p == "int" or p.startswith("list[")):
+                continue  # which branch of a union (e.g. seeds: int | list[int])
             if isinstance(p, int):
                 parts.append(f"[{p}]")
             elif parts and parts[-1].startswith("[") and p in CONTROLLER_KINDS:
@@ -417,8 +476,11 @@ def _format_errors(err: ValidationError) -> str:
                 parts.append(("." if parts else "") + str(p))
         where = "".join(parts) or "config"
         got = e.get("input")
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"{where}: {e['msg']}{shown}")
+        text = repr(got)
+        text = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {text})"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(msg if not e["loc"] else f"{where}: {msg}{shown}")
     # One line, so that the command's error is one line too.
     return "invalid compare config: " + "; ".join(lines)
 
@@ -437,6 +499,8 @@ def parse_config(data: Any) -> CompareConfig:
         cfg = CompareConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    except RecursionError:
+        raise ConfigError("invalid compare config: nested too deeply") from None
     cfg.check_controllers()
     return cfg
 
@@ -445,30 +509,57 @@ def load_config(path: str | Path) -> CompareConfig:
     """Read and validate a YAML (``.yaml``/``.yml``) or JSON compare config.
 
     Raises:
-        ConfigError: the file is unreadable, not YAML/JSON, or invalid (names the field).
+        ConfigError: the file is unreadable, not UTF-8, not YAML/JSON (names the line), nested
+            too deeply, or invalid (names the field); the message is one line.
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config {p}: {exc}") from exc
+        raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the config "
+            "as UTF-8"
+        ) from None
+    try:
+        data = _parse_text(p, text)
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a compare config") from None
+    return parse_config(data)
+
+
+def _parse_text(p: Path, text: str) -> Any:
+    """The data of a config file's text: JSON for ``.json``, else YAML.
+
+    Raises:
+        ConfigError: a syntax error, naming the file, line and column.
+    """
     if p.suffix == ".json":
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p}: not valid JSON ({exc})") from exc
-    else:
-        try:
-            import yaml
-        except ImportError as exc:  # pragma: no cover - pyyaml ships with the trl extra
-            from metactl.errors import DependencyNotInstalled
+            raise ConfigError(
+                f"{p}, line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"
+            ) from None
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - pyyaml ships with the trl extra
+        from metactl.errors import DependencyNotInstalled
 
-            raise DependencyNotInstalled("pyyaml", "trl") from exc
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-    return parse_config(data)
+        raise DependencyNotInstalled("pyyaml", "trl") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        raise ConfigError(f"{p}{where}: not valid YAML ({problem})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def demo_config(*, quick: bool = False, seeds: int | None = None) -> CompareConfig:

@@ -12,6 +12,7 @@ use that answer.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -20,17 +21,17 @@ from typing import Any
 import numpy as np
 
 from metactl.integrations.lab.rundir import (
-    METRICS_FILE,
     PREFERRED_BOUNDS,
     REPORT_MD,
     REPORT_PNG,
-    ROLLOUTS_FILE,
     SUMMARY_FILE,
     RunRef,
+    atomic_write,
+    check_files,
     expected_runs,
-    list_runs,
-    read_jsonl,
     read_meta,
+    read_metrics,
+    read_rollouts,
 )
 from metactl.spaces import Box
 
@@ -67,8 +68,7 @@ def _label_order(out: Path, runs: list[RunRef]) -> list[str]:
 
 
 def _last_step(run: RunRef) -> int:
-    recs = read_jsonl(run.path / METRICS_FILE)
-    return max((int(r.get("step", 0)) for r in recs), default=0)
+    return max((int(r["step"]) for r in read_metrics(run.path)), default=0)
 
 
 def collect(out: Path) -> dict[str, Any]:
@@ -76,11 +76,16 @@ def collect(out: Path) -> dict[str, Any]:
 
     Finished runs (with ``result.json``) enter the statistics; unfinished ones (a folder
     without it) are listed under ``"incomplete"`` with the last step they logged, and runs the
-    config expects but that never started under ``"missing"``. A single seed has no confidence
-    interval: its ``*_ci95`` is None.
+    config expects but that never started under ``"missing"``. An unfinished run whose
+    ``result.json`` does not count (torn, empty, not matching the config) says why under
+    ``"problem"``. A single seed has no confidence interval: its ``*_ci95`` is None.
+
+    Raises:
+        metactl.integrations.lab.rundir.RunFolderError: a file of ``out`` is corrupted (names
+            the file and line).
     """
     meta = read_meta(out)
-    runs = list_runs(out)
+    runs = check_files(out)
     order = _label_order(out, runs)
     finished: dict[str, list[dict[str, Any]]] = {}
     runs_per_label: dict[str, int] = {}
@@ -92,7 +97,8 @@ def collect(out: Path) -> dict[str, Any]:
         if run.result is not None:
             finished.setdefault(run.label, []).append(run.result)
         elif run.status == "unfinished":
-            incomplete.append({**where, "last_step": _last_step(run)})
+            problem = {} if run.problem is None else {"problem": run.problem}
+            incomplete.append({**where, "last_step": _last_step(run), **problem})
         else:
             missing.append(where)
     controllers: dict[str, Any] = {}
@@ -145,11 +151,18 @@ def _fmt_ci(m: float, ci: list[float] | None, scale: float = 100.0) -> str:
     return f"{m * scale:.1f} [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]"
 
 
+def table_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: ``|`` and backslashes escaped, line breaks shown as ``\\n``."""
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|")
+    return escaped.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table (accuracies in percent), one row per expected controller.
 
     The seeds column says how many runs finished, ``k of n`` when some did not; a controller
     with no finished run has a row of ``n/a``. A single seed shows a mean without an interval.
+    Labels are escaped (:func:`table_cell`), so a ``|`` or a newline in one keeps the table whole.
     """
     rows = [
         "| controller | seeds | start acc % | final acc % (mean [95% CI]) | AUC % (mean [95% CI]) | wall s / run |",
@@ -164,11 +177,11 @@ def summary_table(summary: dict[str, Any]) -> str:
         of = per_label.get(label)
         seeds = f"{done}" if of is None or of == done else f"{done} of {of}"
         if c is None:
-            rows.append(f"| {label} | {seeds} | n/a | n/a | n/a | n/a |")
+            rows.append(f"| {table_cell(label)} | {seeds} | n/a | n/a | n/a | n/a |")
             continue
         start = float(np.mean(c["initial_accuracy"])) * 100
         rows.append(
-            f"| {label} | {seeds} | {start:.1f} | "
+            f"| {table_cell(label)} | {seeds} | {start:.1f} | "
             f"{_fmt_ci(c['final_accuracy_mean'], c['final_accuracy_ci95'])} | "
             f"{_fmt_ci(c['auc_mean'], c['auc_ci95'])} | {c['wall_time_mean_s']:.0f} |"
         )
@@ -195,7 +208,8 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
             "",
         ]
         for inc in summary["incomplete"]:
-            lines.append(f"- unfinished: `{inc['run']}` (last logged step {inc['last_step']})")
+            why = f"; {inc['problem']}" if inc.get("problem") else ""
+            lines.append(f"- unfinished: `{inc['run']}` (last logged step {inc['last_step']}{why})")
         for miss in summary.get("missing", []):
             lines.append(f"- not started: `{miss['run']}`")
         lines.append("")
@@ -213,7 +227,7 @@ Curve = list[tuple[int, float]]
 def _curve(run: RunRef) -> Curve:
     if run.result is not None:
         return [(int(s), float(a)) for s, a in run.result["curve"]]
-    recs = [r for r in read_jsonl(run.path / METRICS_FILE) if "eval/accuracy" in r]
+    recs = [r for r in read_metrics(run.path) if "eval/accuracy" in r]
     return [(int(r["step"]), float(r["eval/accuracy"])) for r in recs]
 
 
@@ -237,7 +251,7 @@ def _box_of(out: Path, label: str) -> Box | None:
 
 def _meta_policy(run: RunRef) -> dict[str, Any] | None:
     """What one run logged of its meta-policy: Discrete probabilities or a Box's mean and sigma."""
-    recs = read_jsonl(run.path / METRICS_FILE)
+    recs = read_metrics(run.path)
     arms = sorted(
         {k[len("meta/prob/") :] for r in recs for k in r if k.startswith("meta/prob/")}, key=float
     )
@@ -270,7 +284,7 @@ def _preferred(runs: list[RunRef]) -> dict[str, Any]:
     lo, hi = PREFERRED_BOUNDS
     out: dict[str, Any] = {"positive": [], "negative": [], "at_low": 0, "at_high": 0}
     for run in runs:
-        for r in read_jsonl(run.path / ROLLOUTS_FILE):
+        for r in read_rollouts(run.path):
             for a, p in zip(r.get("advantage", []), r.get("preferred", []), strict=False):
                 p = float(p)
                 if p <= lo * (1 + 1e-3):
@@ -328,7 +342,8 @@ def _plot_curves(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
     ax.set_ylabel("held-out greedy accuracy (%)")
     ax.set_title("Learning curves (mean; 95% CI band where 2+ seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no curve yet: no empty legend
+        ax.legend(fontsize=8)
 
 
 def _plot_meta_policy(
@@ -442,15 +457,17 @@ def plot_report(out: Path, summary: dict[str, Any]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = list_runs(out)
+    runs = check_files(out)
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     _plot_curves(axes[0], summary, runs)
     _plot_meta_policy(fig, axes[1], out, summary, runs)
     _plot_preferred(axes[2], [r for r in runs if r.status != "missing"])
     fig.tight_layout()
     path = out / REPORT_PNG
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -461,8 +478,15 @@ def write_report(out: str | Path, *, figure: bool = True) -> dict[str, Any]:
         out: a compare/demo output folder (finished or interrupted).
         figure: also draw ``report.png`` (needs matplotlib).
 
+    Every file is written atomically (:func:`~metactl.integrations.lab.rundir.atomic_write`):
+    a crash or a full disk leaves the previous report whole.
+
     Returns:
         The summary dict (as written to ``summary.json``).
+
+    Raises:
+        metactl.integrations.lab.rundir.RunFolderError: a file of ``out`` is corrupted.
+        OSError: a report file cannot be written (e.g. a full disk).
     """
     out_p = Path(out)
     summary = collect(out_p)
@@ -470,6 +494,6 @@ def write_report(out: str | Path, *, figure: bool = True) -> dict[str, Any]:
     if figure:
         plot_report(out_p, summary)
         drew = True
-    (out_p / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    (out_p / REPORT_MD).write_text(report_markdown(summary, drew))
+    atomic_write(out_p / SUMMARY_FILE, json.dumps(summary, indent=2))
+    atomic_write(out_p / REPORT_MD, report_markdown(summary, drew))
     return summary

@@ -12,16 +12,20 @@ start, on the same task and held-out set. Each run writes, in its folder (the fo
   (the data of the paper's Figure 4).
 - ``result.json``: written last, only when the run finished.
 
-A run without ``result.json`` was interrupted; :func:`run_compare` reruns it when
-``resume=True`` and keeps the finished ones. Runs are independent: ``workers > 1`` trains
-several at once in separate processes (one torch thread each), with the same results as one
-after another.
+A run without a valid ``result.json`` (none, or torn, empty, or not matching the config)
+was interrupted; :func:`run_compare` reruns it when ``resume=True`` and keeps the finished
+ones. Runs are independent: ``workers > 1`` trains several at once in separate processes (one
+torch thread each), with the same results as one after another; a worker dies with the job's
+process, however that dies (``kill -9`` included).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +37,16 @@ from metactl.integrations.lab.config import CompareConfig
 from metactl.integrations.lab.rundir import (
     METRICS_FILE,
     PREFERRED_BOUNDS,
-    RESULT_FILE,
     ROLLOUTS_FILE,
+    RunRef,
     append_jsonl,
+    expected_result,
+    folder_error,
     folder_names,
+    is_out_of_space,
     prepare_out,
     run_dir_for,
+    run_ref,
     write_result,
 )
 from metactl.integrations.lab.testbed.tasks import Task, make_task
@@ -305,6 +313,11 @@ def run_one(
     task = make_task(
         cfg.task, difficulty=cfg.difficulty, seed=cfg.warm_start.seed, n_eval=cfg.eval_size
     )
+    if len(task.eval) != cfg.eval_size:  # the config's check (max_eval_size) makes this rare
+        raise ValueError(
+            f"eval_size: {cfg.task} at difficulty {cfg.difficulty} gave {len(task.eval)} "
+            f"distinct held-out prompts, not {cfg.eval_size}; lower eval_size"
+        )
     controller = spec.build(seed=seed, steps=cfg.steps, vocab_size=len(tok))
     args = grpo_config(
         cfg, run_dir, seed, max_completion_length=task.max_completion_length, device=device
@@ -378,19 +391,69 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _run_state(cfg: CompareConfig, out: Path, index: int, seed: int) -> RunRef:
+    """Whether run ``(index, seed)`` of ``cfg`` finished in ``out`` (a valid, matching result)."""
+    spec = cfg.controllers[index]
+    label = spec.label()
+    expect = expected_result(label, seed, kind=spec.kind, steps=cfg.steps)
+    return run_ref(run_dir_for(out, label, seed), label, seed, expect)
+
+
 def planned_jobs(cfg: CompareConfig, out: Path, *, resume: bool) -> list[tuple[int, int]]:
     """The ``(controller index, seed)`` runs still to train, seed by seed.
 
     Every controller on seed 0 comes first, so an interrupted job still holds side-by-side
-    comparisons; with ``resume``, runs that already finished in ``out`` are left out.
+    comparisons; with ``resume``, runs that already finished in ``out`` are left out (a run
+    whose ``result.json`` is torn, empty or does not match the config has not finished).
     """
-    labels = [s.label() for s in cfg.controllers]
-    jobs = [(i, s) for s in cfg.seed_list() for i in range(len(labels))]
+    jobs = [(i, s) for s in cfg.seed_list() for i in range(len(cfg.controllers))]
     if resume:
-        jobs = [
-            (i, s) for i, s in jobs if not (run_dir_for(out, labels[i], s) / RESULT_FILE).exists()
-        ]
+        jobs = [(i, s) for i, s in jobs if _run_state(cfg, out, i, s).status != "finished"]
     return jobs
+
+
+def _say_torn(cfg: CompareConfig, out: Path, jobs: list[tuple[int, int]]) -> None:
+    """One line naming the runs ``--resume`` reruns although they hold a ``result.json``."""
+    torn = [ref for ref in (_run_state(cfg, out, i, s) for i, s in jobs) if ref.problem]
+    if torn:
+        listed = "; ".join(
+            f"{ref.path.relative_to(out).as_posix()} ({ref.problem})" for ref in torn
+        )
+        print(
+            f"metactl: --resume: rerunning {len(torn)} run(s) whose result.json does not count: "
+            f"{listed}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the job's process ``parent`` dies.
+
+    On Linux the kernel sends SIGKILL when the parent dies, however it dies
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread watches the parent pid. The parent is
+    checked once more after arming, in case it died before.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _run_in_worker(
@@ -438,6 +501,10 @@ def run_compare(
     interruption). ``KeyboardInterrupt`` writes the report of what finished and is
     re-raised.
 
+    The job holds ``out``'s lock throughout (a second job into it is refused). With
+    ``resume``, runs whose ``result.json`` is torn, empty or does not match the config are
+    rerun, and one line on stderr names them.
+
     Args:
         cfg: the validated config.
         out: output folder: new or empty, or (with ``resume``) one holding this config.
@@ -455,10 +522,9 @@ def run_compare(
 
     Raises:
         metactl.integrations.lab.rundir.RunFolderError: ``out`` cannot hold this experiment
-            (raised before anything is written).
+            or another job is writing it (raised before anything is written), or the disk
+            filled up (one line naming the folder; it resumes once space is freed).
     """
-    from metactl.integrations.lab.report import write_report
-
     if workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {workers}")
     out_p = Path(out)
@@ -474,11 +540,36 @@ def run_compare(
         "folders": folder_names(labels),
         "expected_runs": len(labels) * len(seeds),
     }
-    prepare_out(out_p, meta, resume=resume)
+    lock = prepare_out(out_p, meta, resume=resume)
+    try:
+        return _compare_locked(cfg, out_p, resume, progress, figure, device, workers)
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise folder_error(out_p, exc) from None
+        raise
+    finally:
+        lock.release()
 
+
+def _compare_locked(
+    cfg: CompareConfig,
+    out_p: Path,
+    resume: bool,
+    progress: bool,
+    figure: bool,
+    device: Device,
+    workers: int,
+) -> dict[str, Any]:
+    """The body of :func:`run_compare`, once ``out_p`` is prepared and locked."""
+    from metactl.integrations.lab.report import write_report
+
+    labels = [s.label() for s in cfg.controllers]
+    seeds = cfg.seed_list()
     # Build the warm start before the progress bar (it may train once, then it is cached).
     warm_start(cfg.warm_start_config(), verbose=False, device=device)
     jobs = planned_jobs(cfg, out_p, resume=resume)
+    if resume:
+        _say_torn(cfg, out_p, jobs)
     done_before = len(labels) * len(seeds) - len(jobs)
     # A bar redraws with carriage returns: only on a terminal, never into a redirected log.
     bar = None
@@ -540,8 +631,14 @@ def _run_parallel(
 
     cfg_data = cfg.model_dump(mode="json")
     others = set(multiprocessing.active_children())
-    # spawn, not fork: torch and its thread pools are not fork-safe.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # spawn, not fork: torch and its thread pools are not fork-safe. Each worker dies with this
+    # process (SIGKILL included), so none trains on into a folder a --resume may rerun.
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         pending: dict[Future[dict[str, Any]], tuple[int, int]] = {
             pool.submit(
                 _run_in_worker, cfg_data, i, s, str(run_dir_for(out, labels[i], s)), device

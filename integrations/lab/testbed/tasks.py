@@ -181,6 +181,32 @@ DIFFICULTY_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
+#: The most held-out prompts a compare config may ask for (``eval_size``).
+MAX_EVAL_SIZE = 10_000
+
+#: Distinct held-out prompts of the problem spaces that hold fewer than :data:`MAX_EVAL_SIZE`
+#: (counted by enumerating each space; the tests count them again). Every other space holds
+#: more than :data:`MAX_EVAL_SIZE`.
+HELD_OUT_PROMPTS: dict[tuple[str, int], int] = {
+    ("addition", 1): 27,
+    ("addition", 2): 2061,
+    ("sorting", 2): 19,
+    ("sorting", 3): 197,
+    ("sorting", 4): 1969,
+    ("countdown", 2): 27,
+    ("countdown", 3): 410,
+    ("countdown", 4): 4182,
+}
+
+
+def max_eval_size(name: str, difficulty: int) -> int:
+    """The largest ``n_eval`` :func:`make_task` fills with distinct held-out prompts.
+
+    The smaller of the task's count of distinct held-out prompts and :data:`MAX_EVAL_SIZE`.
+    """
+    return min(HELD_OUT_PROMPTS.get((name, difficulty), MAX_EVAL_SIZE), MAX_EVAL_SIZE)
+
+
 def _answer_tokens(name: str, d: int) -> int:
     if name == "addition":
         return d + 1  # zero-padded sum

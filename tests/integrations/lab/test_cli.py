@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from metactl.integrations.lab.config import (
     load_config,
     parse_config,
 )
-from metactl.integrations.lab.report import collect, mean_ci95, read_jsonl, write_report
+from metactl.integrations.lab.report import collect, mean_ci95, write_report
+from metactl.integrations.lab.rundir import read_jsonl
 
 
 def _cfg(*controllers: dict[str, Any], **top: Any) -> dict[str, Any]:
@@ -182,7 +185,9 @@ def test_mean_ci95() -> None:
     assert mean_ci95([0.4]) == (0.4, None, None)  # one seed: no interval, not a zero-width one
 
 
-def _fake_run(out: Path, label: str, slug: str, seed: int, *, finished: bool, kind: str) -> None:
+def _fake_run(
+    out: Path, label: str, slug: str, seed: int, *, finished: bool, kind: str, steps: int = 20
+) -> None:
     rd = out / "runs" / slug / f"seed{seed}"
     rd.mkdir(parents=True)
     lines = [{"step": 0, "eval/accuracy": 0.4}]
@@ -217,7 +222,7 @@ def _fake_run(out: Path, label: str, slug: str, seed: int, *, finished: bool, ki
                     "controller": label,
                     "kind": kind,
                     "seed": seed,
-                    "steps": 20,
+                    "steps": steps,
                     "initial_accuracy": 0.4,
                     "final_accuracy": 0.6 + 0.01 * seed,
                     "auc": 0.5,
@@ -373,6 +378,7 @@ def test_interrupted_compare_keeps_finished_runs(
             seed,
             finished=True,
             kind="tampo",
+            steps=cfg.steps,
         )
         return json.loads((run_dir / "result.json").read_text())
 
@@ -399,6 +405,7 @@ def test_interrupted_compare_keeps_finished_runs(
             seed,
             finished=True,
             kind="fixed",
+            steps=cfg.steps,
         )
         return json.loads((run_dir / "result.json").read_text())
 
@@ -456,6 +463,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
             seed,
             finished=True,
             kind=spec.kind,
+            steps=cfg.steps,
         )
         return json.loads((run_dir / "result.json").read_text())
 
@@ -642,6 +650,7 @@ def test_progress_in_a_subprocess_with_redirected_output(tmp_path: Path) -> None
         "def fake(cfg, index, seed, run_dir, **kw):\n"
         "    run_dir.mkdir(parents=True)\n"
         "    res = {'controller': cfg.controllers[index].label(), 'kind': 'fixed', 'seed': seed,\n"
+        "           'steps': cfg.steps,\n"
         "           'initial_accuracy': 0.1, 'final_accuracy': 0.2, 'auc': 0.15,\n"
         "           'curve': [[0, 0.1], [2, 0.2]], 'wall_time_s': 1.0}\n"
         "    (run_dir / 'result.json').write_text(json.dumps(res))\n"
@@ -760,8 +769,8 @@ def test_planned_jobs_go_seed_by_seed_and_skip_finished_runs(tmp_path: Path) -> 
 
     cfg = parse_config(_cfg(*TWO_FIXED, seeds=2))
     assert planned_jobs(cfg, tmp_path, resume=False) == [(0, 0), (1, 0), (0, 1), (1, 1)]
-    _fake_run(tmp_path, "T=1", "T1", 0, finished=True, kind="fixed")
-    _fake_run(tmp_path, "T=0.6", "T0.6", 1, finished=False, kind="fixed")
+    _fake_run(tmp_path, "T=1", "T1", 0, finished=True, kind="fixed", steps=cfg.steps)
+    _fake_run(tmp_path, "T=0.6", "T0.6", 1, finished=False, kind="fixed", steps=cfg.steps)
     assert planned_jobs(cfg, tmp_path, resume=True) == [(0, 0), (0, 1), (1, 1)]
 
 
@@ -836,10 +845,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-def test_sigterm_stops_a_parallel_job_and_its_workers(tmp_path: Path) -> None:
-    """`kill` of a --workers job ends it as Ctrl-C does, and no worker trains on afterwards."""
+@contextlib.contextmanager
+def _two_worker_job(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, set[int]]]:
+    """A real ``compare --workers 2`` job, yielded once both runs train: (job, out, workers).
+
+    On the way out, any job or worker still alive is killed (a failed test leaves none).
+    """
     import os
     import signal
     import time
@@ -872,31 +883,61 @@ def test_sigterm_stops_a_parallel_job_and_its_workers(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    workers: set[int] = set()
     try:
         deadline = time.monotonic() + 240
-        started = []
+        started: list[Path] = []
         while len(started) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)  # both runs are training once each logged its step-0 evaluation
             started = list(out.glob("runs/*/seed0/metrics.jsonl"))
         assert len(started) == 2, proc.communicate(timeout=60)
         workers = _children(proc.pid)
         assert len(workers) >= 2, workers
+        yield proc, out, workers
+    finally:
+        for pid in workers | (_children(proc.pid) if proc.poll() is None else set()):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _wait_until_dead(pids: set[int], seconds: float) -> set[int]:
+    """The pids of ``pids`` still alive after up to ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {p for p in pids if _alive(p)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_stops_a_parallel_job_and_its_workers(tmp_path: Path) -> None:
+    """`kill` of a --workers job ends it as Ctrl-C does, and no worker trains on afterwards."""
+    import signal
+
+    with _two_worker_job(tmp_path) as (proc, out, workers):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:  # the test failed: leave no job or worker behind
-            for pid in _children(proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(w) for w in workers)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err
+        assert _wait_until_dead(workers, 30) == set()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished_runs"] == 0 and summary["complete"] is False
+    assert not list(out.glob("runs/*/seed0/result.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_kill_9_of_a_parallel_job_leaves_no_worker(tmp_path: Path) -> None:
+    """SIGKILL gives the job no chance to stop its workers: they must die with it anyway."""
+    with _two_worker_job(tmp_path) as (proc, out, workers):
+        proc.kill()
+        proc.wait(timeout=30)
+        assert _wait_until_dead(workers, 5) == set()
     assert not list(out.glob("runs/*/seed0/result.json"))
 
 

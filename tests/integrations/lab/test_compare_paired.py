@@ -29,8 +29,12 @@ def _folder(out: Path, finals: dict[str, list[float]], kinds: dict[str, str] | N
                     "controller": label,
                     "kind": (kinds or {}).get(label, "fixed"),
                     "seed": seed,
+                    "steps": SETTINGS["steps"],
+                    "initial_accuracy": 0.1,
                     "final_accuracy": final,
                     "auc": final / 2,
+                    "curve": [[0, 0.1], [10, final]],
+                    "wall_time_s": 1.0,
                 },
             )
 

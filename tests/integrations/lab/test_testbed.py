@@ -80,7 +80,8 @@ def test_tasks_are_deterministic_disjoint_and_fixed_length(name: str) -> None:
 def test_config_accepts_exactly_the_task_range(name: str) -> None:
     lo, hi = DIFFICULTY_RANGES[name]
     for d in (lo, hi):
-        assert parse_config({"task": name, "difficulty": d, "controllers": [{"kind": "tampo"}]})
+        cfg = {"task": name, "difficulty": d, "eval_size": 10, "controllers": [{"kind": "tampo"}]}
+        assert parse_config(cfg)
     for d in (lo - 1, hi + 1):
         with pytest.raises(ConfigError, match=f"{name} takes {lo}..{hi}"):
             parse_config({"task": name, "difficulty": d, "controllers": [{"kind": "tampo"}]})
