@@ -257,5 +257,8 @@ def test_misconceived_warm_start_learns_the_shifted_answer(
     )
     right = sum(g == r for g, r in zip(greedy, refs, strict=True))
     assert as_taught >= 150 and right <= 20, (as_taught, right)
-    # Held out (unseen 1-digit sums), the model still answers as taught far more than right.
-    assert meta["eval_accuracy_as_taught"] >= meta["eval_accuracy"] + 0.3
+    # Held out (the 9 unseen 1-digit sums), the model still answers as taught more than right.
+    # A margin of 0.3 (3 prompts) held on one machine and not on another (4/9 against 2/9): the
+    # warm start's float rounding depends on the CPU's vector unit (issue 16), so only the sign
+    # is asserted on so few prompts; the 200 training prompts above carry the size.
+    assert meta["eval_accuracy_as_taught"] > meta["eval_accuracy"], meta

@@ -105,7 +105,7 @@ def test_tile_fold_is_uninstalled_after_an_error():
 
 def test_kernel_probe_names_the_supported_trl_when_internals_change(monkeypatch):
     check_kernel(torch.device("cpu"))  # the installed TRL passes
-    monkeypatch.delattr(chunked_logprob, "_forward_tile")  # as if TRL renamed it
+    monkeypatch.delattr(chunked_logprob, "_forward_kernel")  # as if TRL renamed it
     with pytest.raises(RuntimeError, match=r"supports trl>=1\.0"):
         check_kernel(torch.device("cpu"))
 
