@@ -34,7 +34,11 @@ class HiddenStatesSeam(Seam):
     """
 
     name = "hidden-states"
-    cost = "one extra LM-head pass over the completion tokens of every loss forward"
+    cost = (
+        "one extra LM-head pass over the completion tokens of every loss forward: measured "
+        "1.22x GRPOTrainer's time against 1.18x-1.19x for the fast seams, on a tiny CPU model "
+        "with a 32k vocabulary"
+    )
 
     def __init__(
         self, trainer: Any, policy: Any, temperature: Any, implementation: Implementation
