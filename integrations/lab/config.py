@@ -39,7 +39,7 @@ from metactl.controllers import (
     SlidingWindowUCB,
 )
 from metactl.errors import require
-from metactl.integrations.lab.rundir import folder_names
+from metactl.integrations.lab.rundir import folder_names, not_utf8
 from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES, MAX_EVAL_SIZE, max_eval_size
 from metactl.integrations.lab.testbed.warmstart import WarmStartConfig
 from metactl.spaces import Box, Discrete
@@ -520,11 +520,7 @@ def load_config(path: str | Path) -> CompareConfig:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{p}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the config "
-            "as UTF-8"
-        ) from None
+        raise ConfigError(f"{p}, {not_utf8(raw, exc)}; save the config as UTF-8") from None
     try:
         data = _parse_text(p, text)
     except RecursionError:
@@ -547,10 +543,10 @@ def _parse_text(p: Path, text: str) -> Any:
             ) from None
     try:
         import yaml
-    except ImportError as exc:  # pragma: no cover - pyyaml ships with the trl extra
+    except ImportError as exc:  # pragma: no cover - pyyaml is in the lab extra
         from metactl.errors import DependencyNotInstalled
 
-        raise DependencyNotInstalled("pyyaml", "trl") from exc
+        raise DependencyNotInstalled("pyyaml", "lab") from exc
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

@@ -239,11 +239,16 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
         raise RunFolderError(
-            f"{path}, line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
-            "the file is corrupted: remove it or the run folder holding it"
+            f"{path}, {not_utf8(raw, exc)}; the file is corrupted: remove it or the run folder "
+            "holding it"
         ) from None
+
+
+def not_utf8(raw: bytes, error: UnicodeDecodeError) -> str:
+    """``"line N: not UTF-8 text (byte 0x..)"``: where ``raw`` stopped decoding, for a one-line error."""
+    line = raw[: error.start].count(b"\n") + 1
+    return f"line {line}: not UTF-8 text (byte {raw[error.start]:#04x})"
 
 
 def _is_number(v: Any) -> bool:

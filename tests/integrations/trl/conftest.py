@@ -50,6 +50,20 @@ def make_config(tmp_path: Any, **overrides: Any) -> GRPOConfig:
     return GRPOConfig(**kwargs)
 
 
+def meta_trainer(tokenizer: Any, model: Any, args: GRPOConfig, **kwargs: Any) -> Any:
+    """A MetaGRPOTrainer on the digit reward and the tiny dataset (``kwargs``: controller=...)."""
+    from metactl.integrations.trl import MetaGRPOTrainer
+
+    return MetaGRPOTrainer(
+        model=model,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     return make_tokenizer()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import digit_reward, make_config, make_dataset
+from conftest import digit_reward, make_config, make_dataset, meta_trainer
 from trl import GRPOTrainer
 
 import metactl as mc
@@ -120,14 +120,7 @@ def test_counterfactual_rows_equal_a_float64_recomputation_paired_with_their_adv
 ):
     """Two micro-batches per round (TRL shuffles the generation batch): match rows, not order."""
     args = make_config(tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=2)
-    trainer = MetaGRPOTrainer(
-        model=model,
-        reward_funcs=digit_reward,
-        args=args,
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-        controller=mc.TAMPO(seed=0),
-    )
+    trainer = meta_trainer(tokenizer, model, args, controller=mc.TAMPO(seed=0))
     rounds = Rounds(trainer)
     trainer.train()
 
@@ -149,14 +142,7 @@ def test_counterfactual_rows_equal_a_float64_recomputation_paired_with_their_adv
 
 def test_logged_entropy_is_the_entropy_at_the_round_temperature(tokenizer, model, tmp_path):
     args = make_config(tmp_path, max_steps=4, steps_per_generation=1, gradient_accumulation_steps=1)
-    trainer = MetaGRPOTrainer(
-        model=model,
-        reward_funcs=digit_reward,
-        args=args,
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-        controller=mc.TAMPO(seed=0),
-    )
+    trainer = meta_trainer(tokenizer, model, args, controller=mc.TAMPO(seed=0))
     rounds = Rounds(trainer)
     trainer.train()
 
@@ -175,14 +161,7 @@ def twin(tokenizer: Any, model: Any, tmp_path: Any, name: str) -> Any:
     args = make_config(
         tmp_path / name, max_steps=3, steps_per_generation=1, gradient_accumulation_steps=1
     )
-    return MetaGRPOTrainer(
-        model=copy.deepcopy(model),
-        reward_funcs=digit_reward,
-        args=args,
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-        controller=mc.TAMPO(seed=0),
-    )
+    return meta_trainer(tokenizer, copy.deepcopy(model), args, controller=mc.TAMPO(seed=0))
 
 
 def test_fallback_seam_gives_the_scores_of_the_fast_seam(tokenizer, model, tmp_path):
@@ -246,17 +225,11 @@ def test_a_controller_that_already_decided_warns(tokenizer, model, tmp_path):
     used.sample()
     used.sample()
     args = make_config(tmp_path, max_steps=1)
-    kwargs = dict(
-        reward_funcs=digit_reward,
-        args=args,
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
     with pytest.warns(UserWarning, match=r"already made 2 decisions.*new controller"):
-        MetaGRPOTrainer(model=copy.deepcopy(model), controller=used, **kwargs)
+        meta_trainer(tokenizer, copy.deepcopy(model), args, controller=used)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        MetaGRPOTrainer(model=model, controller=mc.TAMPO(seed=0), **kwargs)
+        meta_trainer(tokenizer, model, args, controller=mc.TAMPO(seed=0))
 
 
 def test_import_touches_no_private_trl_module():
