@@ -170,6 +170,35 @@ def probe(trainer: Any, seam: Seam) -> None:
         model.train(was_training)
 
 
+def can_run_now(policy: Any) -> bool:
+    """Whether the policy can run a forward before training: not under DeepSpeed ZeRO-3 (its
+    weights are partitioned until the engine is built) nor with weights on the meta device."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    meta = any(p.device.type == "meta" for p in policy.parameters())
+    return not (is_deepspeed_zero3_enabled() or meta)
+
+
+def _unprobed(trainer: Any, policy: Any, fused: bool, implementation: str) -> Seam:
+    """The release's fast seam by feature detection alone, said in a warning."""
+    from ._seam_fused import FusedTileSeam, follow_fused_heads
+    from ._seam_logits import LogitsSeam
+
+    seam: Seam = (
+        FusedTileSeam(trainer, policy, follow_fused_heads(trainer, policy), implementation)
+        if fused
+        else LogitsSeam(trainer, policy, None, implementation)
+    )
+    warnings.warn(
+        f"MetaGRPOTrainer could not probe TRL's loss forward at construction (the policy's "
+        f"weights are partitioned or on the meta device, as under DeepSpeed ZeRO-3); it uses the "
+        f"{seam.name!r} seam, chosen by what the installed TRL provides. {SUPPORTED}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return seam
+
+
 def choose_seam(trainer: Any, policy: Any, implementation: str) -> Seam:
     """The first seam that the installed TRL passes :func:`probe` with.
 
@@ -179,7 +208,9 @@ def choose_seam(trainer: Any, policy: Any, implementation: str) -> Seam:
         implementation: the fold implementation (``"auto"``, ``"torch"``, ``"triton"``).
 
     Returns:
-        The seam; a warning naming it and its cost when it is the fallback.
+        The seam; a warning naming it and its cost when it is the fallback. A policy that
+        cannot run a forward yet (DeepSpeed ZeRO-3, meta weights) gets the release's fast seam
+        unprobed, with a warning.
 
     Raises:
         RuntimeError: TRL's loss does not follow the temperature (no seam can), naming the
@@ -191,6 +222,8 @@ def choose_seam(trainer: Any, policy: Any, implementation: str) -> Seam:
 
     failures: list[str] = []
     fused = fused_head_installed(policy)
+    if not can_run_now(policy):
+        return _unprobed(trainer, policy, fused, implementation)
     candidates: list[Any] = [FusedTileSeam] if fused else [LogitsSeam]
     candidates.append(HiddenStatesSeam)
     temperature = None

@@ -245,3 +245,19 @@ def test_import_touches_no_private_trl_module():
     loaded = ast.literal_eval(out.strip())
     assert "metactl.integrations.trl._seam_fused" not in loaded
     assert "metactl.integrations.trl.trainer" in loaded
+
+
+def test_a_policy_that_cannot_run_yet_gets_the_fast_seam_unprobed_with_a_warning(
+    tokenizer, model, tmp_path, monkeypatch
+):
+    """Under DeepSpeed ZeRO-3 the weights are partitioned until training: no probe forward."""
+    from metactl.integrations.trl import _seam
+
+    with torch.device("meta"):
+        on_meta = type(model)(model.config)
+    assert not _seam.can_run_now(on_meta) and _seam.can_run_now(model)
+    probed = meta_trainer(tokenizer, copy.deepcopy(model), make_config(tmp_path / "a")).seam
+    monkeypatch.setattr(_seam, "can_run_now", lambda policy: False)  # as ZeRO-3 would say
+    with pytest.warns(UserWarning, match=rf"could not probe .* uses the '{probed}' seam"):
+        trainer = meta_trainer(tokenizer, model, make_config(tmp_path / "b"))
+    assert trainer.seam == probed
