@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metactl.integrations.torch._dispatch import Implementation
+
 SUPPORTED = "MetaGRPOTrainer supports trl>=1.0 (tested 1.0 to 1.16)"
 """The supported range, named by every error that says a TRL cannot be followed."""
 
@@ -179,7 +181,7 @@ def can_run_now(policy: Any) -> bool:
     return not (is_deepspeed_zero3_enabled() or meta)
 
 
-def _unprobed(trainer: Any, policy: Any, fused: bool, implementation: str) -> Seam:
+def _unprobed(trainer: Any, policy: Any, fused: bool, implementation: Implementation) -> Seam:
     """The release's fast seam by feature detection alone, said in a warning."""
     from ._seam_fused import FusedTileSeam, follow_fused_heads
     from ._seam_logits import LogitsSeam
@@ -199,7 +201,7 @@ def _unprobed(trainer: Any, policy: Any, fused: bool, implementation: str) -> Se
     return seam
 
 
-def choose_seam(trainer: Any, policy: Any, implementation: str) -> Seam:
+def choose_seam(trainer: Any, policy: Any, implementation: Implementation) -> Seam:
     """The first seam that the installed TRL passes :func:`probe` with.
 
     Args:
