@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import GRID
+from controllers_common import GRID
 
 import metactl as mc
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GRID, preferred_temperature_feedback
+from controllers_common import GRID, preferred_temperature_feedback
 
 import metactl as mc
 from metactl import functional as F

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import preferred_temperature_feedback
+from controllers_common import preferred_temperature_feedback
 from scipy import stats
 
 import metactl as mc

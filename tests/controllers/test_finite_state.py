@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CONTROLLER_FACTORIES
+from controllers_common import CONTROLLER_FACTORIES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
