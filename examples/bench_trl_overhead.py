@@ -122,8 +122,7 @@ def run(
         if kind == FALLBACK:
             own = trainer._seam
             own.close()
-            temperature = own.temperature if trainer.seam == "fused-tiles" else None
-            trainer._seam = HiddenStatesSeam(trainer, trainer.model, temperature, "auto")
+            trainer._seam = HiddenStatesSeam(trainer, trainer.model, own.temperature, "auto")
         trainer.remove_callback(PrinterCallback)  # keep stdout to the JSON result
         gc.collect()
         base, peak, done = rss_bytes(), [0], threading.Event()

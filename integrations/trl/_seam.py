@@ -52,24 +52,32 @@ class LossDoesNotFollow(RuntimeError):
 class Seam(ABC):
     """One way of reaching TRL's loss forwards (see the module docstring).
 
+    Args:
+        temperature: the fused heads' ``RoundTemperature`` (TRL 1.15-1.16), or None where TRL
+            reads ``trainer.temperature``.
+
     Attributes:
-        name: logged as ``meta/seam`` and stored in the controller's checkpoint metadata.
+        name: ``trainer.seam``, logged at construction and stored in every checkpoint record.
         cost: what the seam adds to a loss forward, in words (for the fallback's warning).
+        temperature: as given.
     """
 
     name: str = ""
     cost: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, temperature: Any = None) -> None:
+        self.temperature = temperature
         self._armed: tuple[list[float], int] | None = None
         self._scores: list[Tensor] = []
 
-    def set_temperature(self, value: float) -> None:  # noqa: B027 - a no-op by default
+    def set_temperature(self, value: float) -> None:
         """Make TRL's later loss forwards score at ``value``.
 
-        The default does nothing: TRL reads ``trainer.temperature`` at call time, which the
-        trainer sets. The fused LM head captured its temperature at construction and overrides.
+        Without a fused head nothing is to do: TRL reads ``trainer.temperature`` at call time,
+        which the trainer sets. The fused heads read the RoundTemperature.
         """
+        if self.temperature is not None:
+            self.temperature.value = float(value)
 
     @contextmanager
     def armed(self, temperatures: Sequence[float], completion_length: int) -> Iterator[None]:
@@ -181,16 +189,16 @@ def can_run_now(policy: Any) -> bool:
     return not (is_deepspeed_zero3_enabled() or meta)
 
 
-def _unprobed(trainer: Any, policy: Any, fused: bool, implementation: Implementation) -> Seam:
-    """The release's fast seam by feature detection alone, said in a warning."""
-    from ._seam_fused import FusedTileSeam, follow_fused_heads
+def _unprobed(trainer: Any, policy: Any, temperature: Any, implementation: Implementation) -> Seam:
+    """The release's fast seam by feature detection alone, said in a warning.
+
+    ``temperature``: the fused heads' RoundTemperature, or None (TRL without a fused head).
+    """
+    from ._seam_fused import FusedTileSeam
     from ._seam_logits import LogitsSeam
 
-    seam: Seam = (
-        FusedTileSeam(trainer, policy, follow_fused_heads(trainer, policy), implementation)
-        if fused
-        else LogitsSeam(trainer, policy, None, implementation)
-    )
+    make = LogitsSeam if temperature is None else FusedTileSeam
+    seam: Seam = make(trainer, policy, temperature, implementation)
     warnings.warn(
         f"MetaGRPOTrainer could not probe TRL's loss forward at construction (the policy's "
         f"weights are partitioned or on the meta device, as under DeepSpeed ZeRO-3); it uses the "
@@ -218,23 +226,25 @@ def choose_seam(trainer: Any, policy: Any, implementation: Implementation) -> Se
         RuntimeError: TRL's loss does not follow the temperature (no seam can), naming the
             supported range and what each seam reported.
     """
-    from ._seam_fused import FusedTileSeam, fused_head_installed
+    from ._seam_fused import FusedTileSeam, follow_fused_heads, fused_head_installed
     from ._seam_hidden import HiddenStatesSeam
     from ._seam_logits import LogitsSeam
 
     failures: list[str] = []
     fused = fused_head_installed(policy)
+    try:  # TRL's fused heads captured their temperature: every seam needs them refitted
+        temperature = follow_fused_heads(trainer, policy) if fused else None
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"the installed TRL's fused LM head cannot follow a changing temperature ({err}); "
+            f"{SUPPORTED}"
+        ) from err
     if not can_run_now(policy):
-        return _unprobed(trainer, policy, fused, implementation)
+        return _unprobed(trainer, policy, temperature, implementation)
     candidates: list[Any] = [FusedTileSeam] if fused else [LogitsSeam]
     candidates.append(HiddenStatesSeam)
-    temperature = None
     for make in candidates:
         try:
-            if fused and temperature is None:
-                from ._seam_fused import follow_fused_heads
-
-                temperature = follow_fused_heads(trainer, policy)
             seam: Seam = make(trainer, policy, temperature, implementation)
         except (AttributeError, ImportError, TypeError, RuntimeError) as err:
             failures.append(f"{make.name}: {err}")

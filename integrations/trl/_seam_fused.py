@@ -196,11 +196,10 @@ class FusedTileSeam(Seam):
         temperature: RoundTemperature,
         implementation: Implementation,
     ) -> None:
-        super().__init__()
+        super().__init__(temperature)
         from trl.kernels import chunked_logprob
 
         self.implementation: Implementation = implementation
-        self.temperature = temperature
         self._policy = policy
         head = policy.get_output_embeddings().weight
         check_kernel(head.device, implementation=implementation)
@@ -211,9 +210,6 @@ class FusedTileSeam(Seam):
         self._betas: tuple[list[float], Tensor] | None = None
         self._fused_forward = vars(policy)["forward"]
         policy.forward = self._forward
-
-    def set_temperature(self, value: float) -> None:
-        self.temperature.value = float(value)
 
     def _beta_row(self, temperatures: list[float], device: torch.device) -> Tensor:
         """The virtual ``1 / T`` on ``device``, copied once per round rather than per forward."""

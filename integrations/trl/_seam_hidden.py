@@ -43,19 +43,14 @@ class HiddenStatesSeam(Seam):
     def __init__(
         self, trainer: Any, policy: Any, temperature: Any, implementation: Implementation
     ) -> None:
-        super().__init__()
+        super().__init__(temperature)
         self.implementation: Implementation = implementation
-        self.temperature = temperature
         self._policy = policy
         config = policy.config.get_text_config().to_dict()
         self._softcap: float | None = config.get("final_logit_softcapping")
         scale = config.get("logit_scale")
         self._logit_scale = 1.0 if scale is None else float(scale)
         self._handle = policy.base_model.register_forward_hook(self._score, with_kwargs=True)
-
-    def set_temperature(self, value: float) -> None:
-        if self.temperature is not None:
-            self.temperature.value = float(value)
 
     def _score(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         if self._armed is None:

@@ -27,7 +27,7 @@ class LogitsSeam(Seam):
     Args:
         trainer: the trainer (its ``model``, the module TRL's loss forward calls, is hooked).
         policy: unused (the hook is on ``trainer.model``, the PEFT wrapper included).
-        temperature: unused (TRL reads ``trainer.temperature``).
+        temperature: None (TRL reads ``trainer.temperature``).
         implementation: the fold implementation.
     """
 
@@ -37,7 +37,7 @@ class LogitsSeam(Seam):
     def __init__(
         self, trainer: Any, policy: Any, temperature: Any, implementation: Implementation
     ) -> None:
-        super().__init__()
+        super().__init__(temperature)
         self.implementation: Implementation = implementation
         self._handle = trainer.model.register_forward_hook(self._fold, with_kwargs=True)
 

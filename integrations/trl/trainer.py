@@ -192,12 +192,15 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         # refused here, before any seam is tried (e.g. Triton for a CPU model)
         resolve_implementation(fold_implementation, policy.get_output_embeddings().weight.device)
         self._seam = choose_seam(self, policy, fold_implementation)
-        self.seam: str = self._seam.name
-        """The seam chosen for the installed TRL: ``"logits"``, ``"fused-tiles"`` or
-        ``"hidden-states"``."""
         logger.info("MetaGRPOTrainer: virtual scores through the %r seam", self.seam)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
+
+    @property
+    def seam(self) -> str:
+        """The seam chosen for the installed TRL: ``"logits"``, ``"fused-tiles"`` or
+        ``"hidden-states"``."""
+        return self._seam.name
 
     # --- temperature ---------------------------------------------------------------------------
     def set_temperature(self, value: float) -> None:

@@ -173,8 +173,7 @@ def test_fallback_seam_gives_the_scores_of_the_fast_seam(tokenizer, model, tmp_p
         if fallback:  # as construction picks it when the fast seam does not fit
             own = trainer._seam
             own.close()
-            temperature = own.temperature if trainer.seam == "fused-tiles" else None
-            trainer._seam = HiddenStatesSeam(trainer, trainer.model, temperature, "torch")
+            trainer._seam = HiddenStatesSeam(trainer, trainer.model, own.temperature, "torch")
         rounds = Rounds(trainer)
         trainer.train()
         return rounds

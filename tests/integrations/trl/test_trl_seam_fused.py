@@ -23,6 +23,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from trl.kernels import ChunkedLogProbFunction  # noqa: E402
 from trl.trainer.utils import add_fused_lm_head  # noqa: E402
 
+from metactl.integrations.torch._dispatch import Implementation  # noqa: E402
 from metactl.integrations.trl._seam_fused import (  # noqa: E402
     FusedTileSeam,
     RoundTemperature,
@@ -48,21 +49,27 @@ def reference_logp(z: torch.Tensor, targets: torch.Tensor, temps: list[float]) -
     )
 
 
-@pytest.mark.parametrize(
-    ("dtype", "softcap", "scale"),
-    [(torch.float32, None, 1.0), (torch.float32, 5.0, 0.9), (torch.bfloat16, None, 1.3)],
-)
-def test_tile_fold_scores_trl_kernel_tiles_exactly(dtype, softcap, scale):
-    """Two blocks of rows (TRL's 4096-row blocks), three vocabulary tiles, unscored rows skipped."""
+def check_fold_of_kernel_tiles(
+    n: int,
+    temps: list[float],
+    dtype: torch.dtype,
+    softcap: float | None,
+    scale: float,
+    *,
+    unscored: slice = slice(0, 0),
+    implementation: Implementation = "torch",
+) -> None:
+    """TRL's kernel on ``n`` random rows (4-column tiles) with a fold installed: the fold's
+    scores and TRL's own log-probs (at 0.8) against float64 from the definition."""
     gen = torch.Generator().manual_seed(0)
-    n, hidden_size, vocab = 4100, 8, 11
+    hidden_size, vocab = 8, 11
     hidden = torch.randn(n, hidden_size, generator=gen).to(dtype)
     weight = torch.randn(vocab, hidden_size, generator=gen).to(dtype)
     bias = torch.randn(vocab, generator=gen).to(dtype)
     targets = torch.randint(0, vocab, (n,), generator=gen)
     scored = torch.rand(n, generator=gen) < 0.7
-    temps = [0.5, 1.0, 1.7]
-    fold = TileFold(temps, scored, vocab_size=vocab, device=CPU)
+    scored[unscored] = False
+    fold = TileFold(temps, scored, vocab_size=vocab, device=CPU, implementation=implementation)
     with fold.installed():
         logp = ChunkedLogProbFunction.apply(
             hidden, weight, bias, targets, 0.8, 4, softcap, scale, ()
@@ -81,6 +88,15 @@ def test_tile_fold_scores_trl_kernel_tiles_exactly(dtype, softcap, scale):
     # TRL's own output is untouched by the fold (still at its own temperature 0.8)
     want = reference_logp(z, targets, [0.8])[:, 0]
     torch.testing.assert_close(logp.double(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "softcap", "scale"),
+    [(torch.float32, None, 1.0), (torch.float32, 5.0, 0.9), (torch.bfloat16, None, 1.3)],
+)
+def test_tile_fold_scores_trl_kernel_tiles_exactly(dtype, softcap, scale):
+    """Two blocks of rows (TRL's 4096-row blocks), three vocabulary tiles, unscored rows skipped."""
+    check_fold_of_kernel_tiles(4100, [0.5, 1.0, 1.7], dtype, softcap, scale)
 
 
 def test_tile_fold_refuses_a_kernel_that_showed_too_few_rows():
@@ -163,32 +179,16 @@ class TestTritonTileFold:
     def test_scores_trl_kernel_tiles_exactly(
         self, dtype: torch.dtype, softcap: float | None, scale: float
     ) -> None:
-        gen = torch.Generator().manual_seed(0)
-        n, hidden_size, vocab = 20, 8, 11
-        hidden = torch.randn(n, hidden_size, generator=gen).to(dtype)
-        weight = torch.randn(vocab, hidden_size, generator=gen).to(dtype)
-        bias = torch.randn(vocab, generator=gen).to(dtype)
-        targets = torch.randint(0, vocab, (n,), generator=gen)
-        scored = torch.rand(n, generator=gen) < 0.7
-        scored[8:16] = False  # a block of rows with nothing to score
-        temps = [0.05, 1.0, 1.7]
-        fold = TileFold(temps, scored, vocab_size=vocab, device=CPU, implementation="triton")
-        with fold.installed():
-            logp = ChunkedLogProbFunction.apply(
-                hidden, weight, bias, targets, 0.8, 4, softcap, scale, ()
-            )[0]
-        got = fold.scores()
-
-        z = (hidden @ weight.t() + bias).double() * scale
-        if softcap is not None:
-            z = softcap * torch.tanh(z / softcap)
-        tol = 1e-5 if dtype == torch.float32 else 1e-4
-        assert got.shape == (int(scored.sum()), 3) and got.dtype == torch.float32
-        torch.testing.assert_close(
-            got.double(), reference_logp(z, targets, temps)[scored], atol=tol, rtol=tol
+        # three blocks of 8 rows, the middle one with nothing to score
+        check_fold_of_kernel_tiles(
+            20,
+            [0.05, 1.0, 1.7],
+            dtype,
+            softcap,
+            scale,
+            unscored=slice(8, 16),
+            implementation="triton",
         )
-        want = reference_logp(z, targets, [0.8])[:, 0]
-        torch.testing.assert_close(logp.double(), want, atol=tol, rtol=tol)
 
     def test_kernel_probe_runs_the_triton_fold(self) -> None:
         check_kernel(torch.device("cpu"), implementation="triton")
