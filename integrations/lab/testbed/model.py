@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
+
 Size = Literal["tiny", "small", "medium"]
 
 #: Architecture presets: (hidden size, layers, attention heads, MLP width).
@@ -26,7 +28,8 @@ def make_model(tokenizer: Any, *, seed: int = 0, size: Size = "tiny") -> Any:
             or ``"medium"`` (about 34M parameters, for a GPU).
 
     Returns:
-        A ``transformers.Qwen2ForCausalLM`` in float32, in train mode.
+        A ``transformers.Qwen2ForCausalLM`` in float32, in train mode, with the same
+        weights on every machine.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -48,13 +51,34 @@ def make_model(tokenizer: Any, *, seed: int = 0, size: Size = "tiny") -> Any:
         eos_token_id=tokenizer.eos_token_id,
         use_cache=True,
     )
-    # transformers initialises weights from torch's *global* RNG. fork_rng saves the
-    # caller's global RNG state and restores it on exit, so seeding here neither
-    # depends on nor disturbs the caller's randomness.
+    # transformers initialises weights from torch's *global* RNG, whose normal_ takes
+    # another code path (and other rounding) on each CPU vector unit. fork_rng keeps the
+    # caller's RNG untouched by that throwaway draw; the weights are then redrawn below.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
+    initialise(model, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
+
+
+def initialise(model: Any, seed: int) -> None:
+    """Draw ``model``'s weights as transformers does, from numpy: the same on every machine.
+
+    Every weight matrix (embedding included) ~ N(0, initializer_range^2) from
+    ``np.random.default_rng(seed)`` in parameter order, the padding token's embedding row
+    zero; biases stay 0 and norm weights 1. numpy's generator is pure integer and
+    float64 arithmetic, so no CPU vector unit changes a bit of it (torch's ``normal_``
+    is vectorised differently on each).
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    std = model.config.initializer_range
+    with torch.no_grad():
+        for param in model.parameters():  # a tied weight is listed once
+            if param.ndim == 2:
+                param.copy_(torch.from_numpy(rng.standard_normal(tuple(param.shape)) * std))
+        model.get_input_embeddings().weight[model.config.pad_token_id] = 0.0

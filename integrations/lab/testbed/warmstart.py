@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from .exact import SIGNIFICANT_BITS, float64_exact, snap_
 from .model import make_model
+from .shipped import load_shipped, shipped_entry
 from .tasks import EXACT_ANSWER_TASKS, Task, make_task
 from .tokenizer import make_tokenizer
 
 #: Bump when the warm-start procedure changes, so that old caches are not reused.
-WARMSTART_VERSION = 2
+#: 3: numpy initialisation, float64 steps with snapped weights (:mod:`.exact`), ``steps``.
+WARMSTART_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -80,8 +83,12 @@ class WarmStartConfig:
         difficulty: task difficulty.
         size: model size preset.
         seed: model initialisation, data and batch-order seed.
-        target_accuracy: stop at the first check where held-out greedy accuracy reaches it.
-        max_steps: stop here regardless.
+        steps: train exactly this many steps, with no accuracy check: the warm start a
+            documented result names, since no float difference can move where it stops.
+            ``None``: stop by ``target_accuracy`` instead.
+        target_accuracy: without ``steps``, stop at the first check where greedy accuracy
+            on a validation slice of the train split reaches it.
+        max_steps: without ``steps``, stop here regardless.
         batch_size: sequences per step.
         lr: AdamW learning rate.
         check_every: steps between accuracy checks.
@@ -99,6 +106,7 @@ class WarmStartConfig:
     difficulty: int = 2
     size: str = "tiny"
     seed: int = 0
+    steps: int | None = None
     target_accuracy: float = 0.3
     max_steps: int = 4000
     batch_size: int = 64
@@ -107,6 +115,10 @@ class WarmStartConfig:
     misconception: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.steps is not None and not (type(self.steps) is int and self.steps >= 1):
+            raise ValueError(
+                f"WarmStartConfig(steps): expected a positive integer or None, got {self.steps!r}"
+            )
         if not 0.0 <= self.misconception < 1.0:
             raise ValueError(
                 f"WarmStartConfig(misconception): expected a fraction in [0, 1), "
@@ -120,10 +132,7 @@ class WarmStartConfig:
 
     def key(self) -> str:
         """Short stable hash of the settings (and the procedure version)."""
-        settings = asdict(self)
-        if not self.misconception:
-            del settings["misconception"]  # caches made before the field existed stay valid
-        text = json.dumps({**settings, "version": WARMSTART_VERSION}, sort_keys=True)
+        text = json.dumps({**asdict(self), "version": WARMSTART_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def path(self) -> Path:
@@ -151,7 +160,10 @@ def _taught_answers(task: Task, misconception: float, seed: int) -> list[str]:
     return [shift_last_digit(a) if w else a for a, w in zip(answers, wrong, strict=True)]
 
 
-def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+def train_warm_start(
+    cfg: WarmStartConfig, *, verbose: bool = False, device: str = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """Train the warm start of ``cfg`` (no cache, nothing shipped): ``(model, meta)``, float32."""
     import torch
 
     tok = make_tokenizer()
@@ -176,31 +188,35 @@ def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[An
         attn[i, : len(seq)] = 1
         labels[i, pl : len(seq)] = torch.tensor(seq[pl:])  # loss on the answer and <eos> only
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    model.train()
+    budget = cfg.steps if cfg.steps is not None else cfg.max_steps
     t0 = time.perf_counter()
-    acc = 0.0
+    acc: float | None = None
     step = 0
-    while step < cfg.max_steps:
-        idx = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
-        out = model(
-            input_ids=x[idx].to(device),
-            attention_mask=attn[idx].to(device),
-            labels=labels[idx].to(device),
-        )
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        step += 1
-        if step % cfg.check_every == 0:
+    with float64_exact(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        model.train()
+        while step < budget:
+            idx = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
+            logits = model(input_ids=x[idx].to(device), attention_mask=attn[idx].to(device)).logits
+            # The loss by hand: transformers' causal-LM loss casts the logits to float32.
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), labels[idx, 1:].flatten().to(device)
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for param in model.parameters():
+                    snap_(param)
+            step += 1
+            if cfg.steps is None and step % cfg.check_every == 0:
+                acc = evaluate(model, tok, val_task)
+                if verbose:
+                    print(f"warm start step {step}: loss {loss.item():.3f} val acc {acc:.3f}", flush=True)
+                if acc >= cfg.target_accuracy:
+                    break
+        if acc is None:
             acc = evaluate(model, tok, val_task)
-            if verbose:
-                print(
-                    f"warm start step {step}: loss {out.loss.item():.3f} val acc {acc:.3f}",
-                    flush=True,
-                )
-            if acc >= cfg.target_accuracy:
-                break
     model.eval()
     held_out = evaluate(model, tok, task)
     meta: dict[str, Any] = {
@@ -209,6 +225,7 @@ def _train(cfg: WarmStartConfig, verbose: bool, device: str = "cpu") -> tuple[An
         "steps": step,
         "val_accuracy": acc,
         "eval_accuracy": held_out,
+        "significant_bits": SIGNIFICANT_BITS,
         "seconds": time.perf_counter() - t0,
     }
     if cfg.misconception:
@@ -224,13 +241,16 @@ def warm_start(
     verbose: bool = False,
     device: str = "cpu",
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """Return a supervised warm-started model, training it once and caching it.
+    """Return a supervised warm-started model: shipped, cached, or trained once and cached.
 
-    The model is trained on ``prompt + answer + <eos>`` (loss on the answer only) until
+    A warm start the package ships (the documented ones, :mod:`.shipped`) is loaded from
+    its checksummed file: the same model on every machine. Any other is trained on
+    ``prompt + answer + <eos>`` (loss on the answer only) for ``cfg.steps`` steps, or until
     greedy accuracy on a validation slice of the train split reaches
-    ``cfg.target_accuracy``. It is saved with ``save_pretrained`` (safetensors tensors and
-    JSON config) under :func:`cache_dir` ``/warmstart/<settings>-<hash>``; later calls with
-    the same settings load it instead of training.
+    ``cfg.target_accuracy``, in float64 with its weights snapped after every step
+    (:mod:`.exact`), so that a rebuild on another CPU gives the same weights. It is saved
+    with ``save_pretrained`` (safetensors tensors and JSON config) under :func:`cache_dir`
+    ``/warmstart/<settings>-<hash>``; later calls with the same settings load it.
 
     Args:
         cfg: warm-start settings (defaults: addition, 2 digits, tiny model, seed 0).
@@ -247,13 +267,17 @@ def warm_start(
 
     cfg = cfg or WarmStartConfig()
     tok = make_tokenizer()
+    entry = shipped_entry(cfg)
+    if entry is not None:
+        model, meta = load_shipped(cfg, entry)
+        return model, tok, meta
     path = cfg.path()
     meta_file = path / "warmstart.json"
     if use_cache and meta_file.exists():
         meta: dict[str, Any] = json.loads(meta_file.read_text())
         model = Qwen2ForCausalLM.from_pretrained(path)
         return model, tok, meta
-    model, meta = _train(cfg, verbose, device)
+    model, meta = train_warm_start(cfg, verbose=verbose, device=device)
     model = model.to("cpu")
     if use_cache:
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from metactl.integrations.lab.config import ConfigError, parse_config  # noqa: E402
-from metactl.integrations.lab.runner import sample_rollouts  # noqa: E402
+from metactl.integrations.lab.probe import sample_rollouts  # noqa: E402
 from metactl.integrations.lab.testbed import (  # noqa: E402
     TASKS,
     WarmStartConfig,
@@ -203,7 +203,7 @@ def test_misconception_shifts_the_last_digit_of_the_taught_fraction() -> None:
     assert _taught_answers(task, 0.8, seed=3) == taught  # seeded, not global randomness
 
 
-def test_misconception_keeps_old_cache_keys_and_checks_its_arguments() -> None:
+def test_warm_start_cache_key_hashes_every_setting_and_checks_misconception() -> None:
     import hashlib
 
     from metactl.integrations.lab.testbed.warmstart import WARMSTART_VERSION
@@ -213,15 +213,19 @@ def test_misconception_keeps_old_cache_keys_and_checks_its_arguments() -> None:
         "difficulty": 2,
         "size": "tiny",
         "seed": 0,
+        "steps": None,
         "target_accuracy": 0.3,
         "max_steps": 4000,
         "batch_size": 64,
         "lr": 1e-3,
         "check_every": 25,
+        "misconception": 0.0,
         "version": WARMSTART_VERSION,
     }
     text = json.dumps(settings, sort_keys=True)
+    assert WARMSTART_VERSION == 3
     assert WarmStartConfig().key() == hashlib.sha256(text.encode()).hexdigest()[:12]
+    assert WarmStartConfig(steps=650).key() != WarmStartConfig().key()
     assert WarmStartConfig(misconception=0.9).key() != WarmStartConfig().key()
     with pytest.raises(ValueError, match=r"misconception.*\[0, 1\).*got 1.0"):
         WarmStartConfig(misconception=1.0)
