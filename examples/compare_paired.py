@@ -13,6 +13,15 @@ shared warm start and data order put into both). Folders must hold the same task
 the best fixed temperature (``fixed`` runs), each the best by mean over the seeds every one of
 them finished: the headroom of docs/testbed.md. Picking both after the fact makes it lean
 optimistic when many schedules are tried.
+
+``--chosen-on DEV`` removes that optimism: the best fixed temperature and the best schedule
+are picked by their means on the development folder ``DEV`` and then measured on the
+(confirmation) folders given, which must not hold development seeds. Each row then also
+gives the minimum detectable difference: the true paired difference that a two-sided 5% test
+on this many seeds would detect with 80% power, ``(t_0.975 + t_0.80) * sd / sqrt(n)`` with the
+observed standard deviation of the per-seed differences.
+
+    python examples/compare_paired.py runs/misconception-confirm --chosen-on runs/misconception-dev
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from scipy import stats
+
+from metactl.integrations.lab.config import seed_evidence
 from metactl.integrations.lab.report import mean_ci95
 from metactl.integrations.lab.rundir import list_runs, read_meta
 
@@ -39,6 +51,7 @@ class Args:
     folders: list[str]
     baseline: str | None
     headroom: bool
+    chosen_on: str | None
 
 
 def finished_runs(
@@ -79,6 +92,78 @@ def paired(
     return round(100 * mean, 2), interval
 
 
+def minimum_detectable(
+    by_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]], metric: str
+) -> float | None:
+    """Points of paired difference a 5% two-sided t-test detects with 80% power on these seeds."""
+    seeds = sorted(set(by_seed) & set(base))
+    if len(seeds) < 3:
+        return None
+    diffs = [by_seed[s][metric] - base[s][metric] for s in seeds]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    t_sum = stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.80, n - 1)
+    return round(100 * float(t_sum) * sd / n**0.5, 2)
+
+
+def evidence_of(folder: str) -> set[str]:
+    """The kinds of seeds (development, confirmation) a folder's finished runs used."""
+    return {seed_evidence(run.seed) for run in list_runs(Path(folder)) if run.result is not None}
+
+
+def best_on(folder: str, metric: str) -> tuple[str, str]:
+    """The best fixed temperature and the best schedule of ``folder`` by mean ``metric``."""
+    kinds: dict[str, str] = {}
+    runs = finished_runs([folder], kinds)
+
+    def mean(label: str) -> float:
+        return sum(v[metric] for v in runs[label].values()) / len(runs[label])
+
+    fixed = [label for label in runs if kinds[label] in FIXED_KINDS]
+    schedules = [label for label in runs if kinds[label] in SCHEDULE_KINDS]
+    if not fixed or not schedules:
+        raise SystemExit(f"compare_paired: {folder} needs fixed and schedule runs; have {kinds}")
+    return max(fixed, key=mean), max(schedules, key=mean)
+
+
+def chosen_on(dev: str, folders: list[str]) -> None:
+    """Every controller of ``folders`` against the fixed temperature that is best on ``dev``.
+
+    The first row per metric is the headroom: the schedule best on ``dev`` minus that fixed
+    temperature, both measured on ``folders``.
+    """
+    if evidence_of(dev) != {"development"}:
+        raise SystemExit(f"compare_paired --chosen-on: {dev} must hold development seeds only")
+    for folder in folders:
+        if "development" in evidence_of(folder):
+            raise SystemExit(
+                f"compare_paired --chosen-on: {folder} holds development seeds; the choice "
+                "is measured on confirmation seeds only"
+            )
+    finished_runs([dev, *folders])  # same settings, checked
+    runs = finished_runs(folders)
+    for metric in ("auc", "final"):
+        base_label, schedule = best_on(dev, metric)
+        base = runs[base_label]
+        for label, by_seed in runs.items():
+            if label == base_label:
+                continue
+            diff, interval = paired(by_seed, base, metric)
+            row = {
+                "metric": metric,
+                "controller": label,
+                "baseline": base_label,
+                "chosen_on": dev,
+                "headroom": label == schedule,
+                "seeds": sorted(set(by_seed) & set(base)),
+                "diff_pts": diff,
+                "diff_ci95_pts": interval,
+                "minimum_detectable_pts": minimum_detectable(by_seed, base, metric),
+            }
+            print(json.dumps(row))
+
+
 def headroom(folders: list[str]) -> None:
     """Print, per metric, the best schedule minus the best fixed temperature, paired by seed."""
     kinds: dict[str, str] = {}
@@ -116,6 +201,9 @@ def headroom(folders: list[str]) -> None:
 
 
 def main(args: Args) -> None:
+    if args.chosen_on is not None:
+        chosen_on(args.chosen_on, args.folders)
+        return
     if args.headroom:
         headroom(args.folders)
         return
@@ -141,5 +229,8 @@ if __name__ == "__main__":
     mode.add_argument("--baseline", help="controller label to compare with")
     mode.add_argument(
         "--headroom", action="store_true", help="best schedule minus best fixed temperature"
+    )
+    mode.add_argument(
+        "--chosen-on", metavar="DEV", help="baseline and schedule picked on development folder DEV"
     )
     main(Args(**vars(parser.parse_args())))

@@ -25,6 +25,7 @@ from metactl.feedback import (
     Outcome,
     Outcomes,
 )
+from metactl.metric_keys import prob_arm
 from metactl.spaces import Box, Discrete
 
 
@@ -80,7 +81,7 @@ def _check_metrics(metrics: object) -> None:
             raise AssertionError(
                 f"update() metric {key!r}={value!r} must be a str key with a finite float"
             )
-    probs = np.array([v for k, v in metrics.items() if k.startswith("prob/")])
+    probs = np.array([v for k, v in metrics.items() if prob_arm(k) is not None])
     if probs.size and (np.any(probs < 0) or not math.isclose(probs.sum(), 1.0, abs_tol=1e-9)):
         raise AssertionError(
             f"update() probabilities must be non-negative and sum to 1, got {probs}"

@@ -1,7 +1,10 @@
 """The lab: an application built on metactl for research on temperature control.
 
 The tiny-LM GRPO testbed (:mod:`metactl.integrations.lab.testbed`), the experiment runner
-behind ``metactl compare`` (:mod:`~metactl.integrations.lab.runner`), its validated config
+behind ``metactl compare`` (:mod:`~metactl.integrations.lab.runner`, with one module per
+piece: :mod:`~metactl.integrations.lab.device`, :mod:`~metactl.integrations.lab.grpo_args`,
+:mod:`~metactl.integrations.lab.probe`, :mod:`~metactl.integrations.lab.recorder`,
+:mod:`~metactl.integrations.lab.scheduling`), its validated config
 (:mod:`~metactl.integrations.lab.config`), the run-folder format
 (:mod:`~metactl.integrations.lab.rundir`), reports and figures
 (:mod:`~metactl.integrations.lab.report`) and the ``metactl`` command line

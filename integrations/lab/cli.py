@@ -73,8 +73,9 @@ def _run(
     import torch
     import transformers
 
+    from metactl.integrations.lab.device import resolve_device
     from metactl.integrations.lab.rundir import RunFolderError, check_out
-    from metactl.integrations.lab.runner import resolve_device, run_compare
+    from metactl.integrations.lab.runner import run_compare
 
     try:
         device = resolve_device(args.device)
@@ -251,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--out", type=_folder, help="output folder (default: metactl-runs/<command>-<time>)"
         )
-        p.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
+        p.add_argument(
+            "--seeds",
+            type=_positive_int,
+            help="number of seeds (0..N-1, or 10000..10000+N-1 in an evidence: confirmation config)",
+        )
         p.add_argument(
             "--steps", type=_positive_int, help="GRPO steps per run (overrides the config)"
         )

@@ -67,6 +67,13 @@ MAX_SEEDS = 1000
 MAX_SEED = 2**32 - 1
 #: The most GRPO steps of one run.
 MAX_STEPS = 1_000_000
+#: The first confirmation seed. Seeds below it are development seeds, run while choosing a
+#: task, a setting or a controller option; seeds from it up are confirmation seeds, run only
+#: by a config declared ``evidence: confirmation``, once every choice is fixed.
+FIRST_CONFIRMATION_SEED = 10_000
+
+Evidence = Literal["development", "confirmation"]
+"""Which seeds a config runs: development (for choosing) or confirmation (for the verdict)."""
 
 
 def _not_bool(value: Any) -> Any:
@@ -94,6 +101,27 @@ Temperature = Annotated[Real, Field(gt=0), AfterValidator(_sane_temperature)]
 
 Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
 """A seed numpy takes: 0..2**32 - 1."""
+
+
+def seed_evidence(seed: int) -> Evidence:
+    """Whether ``seed`` is a development or a confirmation seed."""
+    return "development" if seed < FIRST_CONFIRMATION_SEED else "confirmation"
+
+
+def seed_rule() -> str:
+    """The seed split in words, for messages and reports."""
+    return (
+        f"development seeds are 0..{FIRST_CONFIRMATION_SEED - 1}, confirmation seeds "
+        f"{FIRST_CONFIRMATION_SEED} and above"
+    )
+
+
+_SEED_FIX: dict[str, str] = {
+    "development": "confirmation seeds run only from a config with evidence: confirmation, "
+    "once every setting is chosen",
+    "confirmation": f"use seeds from {FIRST_CONFIRMATION_SEED} up, or evidence: development "
+    "to choose settings",
+}
 
 
 class ConfigError(ValueError):
@@ -179,15 +207,15 @@ class MetaGradientSpec(_Spec):
     def default_name(self) -> str:
         return f"MetaGradient ({self.space})"
 
+    def temperature_space(self) -> Discrete | Box:
+        """The temperatures it learns over: the grid, or a log-scale Box from low to high."""
+        if self.space == "discrete":
+            return _grid(self.temperatures)
+        return Box(self.low, self.high, log=True)
+
     def build(self, *, seed: int, steps: int, vocab_size: int) -> Controller:
-        space: Discrete | Box
-        space = (
-            _grid(self.temperatures)
-            if self.space == "discrete"
-            else Box(self.low, self.high, log=True)
-        )
         return MetaGradient(
-            space,
+            self.temperature_space(),
             lr=self.lr,
             entropy_bonus=self.entropy_bonus,
             prob_floor=self.prob_floor,
@@ -361,19 +389,40 @@ class TrainerSettings(BaseModel):
 
 
 class WarmStartSettings(BaseModel):
-    """The supervised warm start every run begins from (cached on disk)."""
+    """The supervised warm start every run begins from (shipped, or cached on disk).
+
+    ``steps`` trains a fixed number of steps, the same weights on every CPU; without it the
+    warm start stops at the first check reaching ``target_accuracy``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     size: Literal["tiny", "small", "medium"] = WarmStartConfig.size  # type: ignore[assignment]
     seed: Seed = WarmStartConfig.seed
-    target_accuracy: Real = Field(default=WarmStartConfig.target_accuracy, gt=0, le=1)
-    max_steps: Int = Field(default=WarmStartConfig.max_steps, ge=1, le=MAX_STEPS)
+    steps: Int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    target_accuracy: Real | None = Field(
+        default=None, gt=0, le=1, description=f"Default {WarmStartConfig.target_accuracy}."
+    )
+    max_steps: Int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description=f"Default {WarmStartConfig.max_steps}."
+    )
     misconception: Real = Field(
         default=WarmStartConfig.misconception,
         description="Fraction of examples taught a last-digit-shifted answer (checked by "
         "WarmStartConfig: in [0, 1), exact-answer tasks).",
     )
+
+    @model_validator(mode="after")
+    def _one_stopping_rule(self) -> WarmStartSettings:
+        stop_fields = [
+            name for name in ("max_steps", "target_accuracy") if getattr(self, name) is not None
+        ]
+        if self.steps is not None and stop_fields:
+            raise ValueError(
+                f"steps: a fixed-length warm start has no stopping rule; drop "
+                f"{', '.join(sorted(stop_fields))} or steps"
+            )
+        return self
 
 
 class CompareConfig(BaseModel):
@@ -383,8 +432,12 @@ class CompareConfig(BaseModel):
         task: testbed task (``addition``, ``sorting``, ``countdown``).
         difficulty: the task's difficulty knob.
         steps: GRPO steps (rounds) per run.
-        seeds: how many seeds (0..n-1, at most :data:`MAX_SEEDS`), or an explicit list of
-            seeds in 0..2**32 - 1.
+        evidence: ``development`` (the default: seeds below
+            :data:`FIRST_CONFIRMATION_SEED`, for choosing settings) or ``confirmation``
+            (seeds from it up, for the verdict once every choice is fixed). A seed of the
+            other kind is refused.
+        seeds: how many seeds (at most :data:`MAX_SEEDS`: ``0..n-1`` in a development
+            config, ``10000..10000+n-1`` in a confirmation one), or an explicit list.
         eval_every: steps between held-out evaluations (the learning curve).
         eval_size: held-out prompts per evaluation, at most the task's distinct held-out
             prompts (:func:`~metactl.integrations.lab.testbed.tasks.max_eval_size`).
@@ -398,6 +451,7 @@ class CompareConfig(BaseModel):
     task: str = "addition"
     difficulty: Int = 2
     steps: Int = Field(default=150, ge=1, le=MAX_STEPS)
+    evidence: Evidence = "development"
     seeds: Int | list[Seed] = 3
     eval_every: Int = Field(default=10, ge=1)
     eval_size: Int = Field(default=200, ge=1, le=MAX_EVAL_SIZE)
@@ -426,6 +480,13 @@ class CompareConfig(BaseModel):
         ):
             shown = self.seeds if len(self.seeds) <= 10 else f"{len(self.seeds)} seeds"
             raise ValueError(f"seeds: need a list of 1..{MAX_SEEDS} distinct seeds, got {shown}")
+        wrong = [s for s in self.seed_list() if seed_evidence(s) != self.evidence]
+        if wrong:
+            other = "confirmation" if self.evidence == "development" else "development"
+            raise ValueError(
+                f"seeds: {wrong[0]} is a {other} seed in a config with evidence: "
+                f"{self.evidence} ({seed_rule()}); {_SEED_FIX[self.evidence]}"
+            )
         labels = [c.label() for c in self.controllers]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
@@ -438,13 +499,15 @@ class CompareConfig(BaseModel):
 
     def warm_start_config(self) -> WarmStartConfig:
         """The warm-start settings this config implies (task, difficulty and ``warm_start``)."""
-        return WarmStartConfig(
-            task=self.task, difficulty=self.difficulty, **self.warm_start.model_dump()
-        )
+        settings = {k: v for k, v in self.warm_start.model_dump().items() if v is not None}
+        return WarmStartConfig(task=self.task, difficulty=self.difficulty, **settings)
 
     def seed_list(self) -> list[int]:
-        """The seeds as a list."""
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        """The seeds as a list (``seeds: n`` counts from the first seed of ``evidence``)."""
+        if isinstance(self.seeds, list):
+            return list(self.seeds)
+        first = 0 if self.evidence == "development" else FIRST_CONFIRMATION_SEED
+        return list(range(first, first + self.seeds))
 
     def check_controllers(self, vocab_size: int = 64) -> None:
         """Build every controller once, so that errors surface before any training.
@@ -558,6 +621,10 @@ def _parse_text(p: Path, text: str) -> Any:
         raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 
+#: The demo's warm start: 2-digit addition, this many steps (shipped, :mod:`.testbed.shipped`).
+DEMO_WARM_START_STEPS = 650
+
+
 def demo_config(*, quick: bool = False, seeds: int | None = None) -> CompareConfig:
     """The configuration of ``metactl demo``: TAMPO against fixed 0.6, 1.0 and 1.4.
 
@@ -571,6 +638,7 @@ def demo_config(*, quick: bool = False, seeds: int | None = None) -> CompareConf
             "task": "addition",
             "difficulty": 2,
             "seeds": n,
+            "warm_start": {"steps": DEMO_WARM_START_STEPS},
             "controllers": [
                 {"kind": "tampo"},
                 {"kind": "fixed", "temperature": 0.6},

@@ -16,7 +16,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,11 +29,16 @@ from metactl.integrations.lab.rundir import (
     atomic_write,
     check_files,
     expected_runs,
+    logged_arm,
     read_meta,
     read_metrics,
     read_rollouts,
 )
+from metactl.metric_keys import MEAN, SIGMA, TEMPERATURE, meta_key, prob_key
 from metactl.spaces import Box
+
+if TYPE_CHECKING:
+    from metactl.integrations.lab.config import ControllerSpec
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float | None, float | None]:
@@ -231,52 +236,81 @@ def _curve(run: RunRef) -> Curve:
     return [(int(r["step"]), float(r["eval/accuracy"])) for r in recs]
 
 
+def _specs(out: Path) -> dict[str, ControllerSpec]:
+    """The controller entries of ``out``'s config by label (one that does not validate left out)."""
+    # Imported here: the config module checks for the lab's training dependencies, which the
+    # tables and the summary do not need.
+    from pydantic import TypeAdapter, ValidationError
+
+    from metactl.integrations.lab.config import ControllerSpec
+
+    config = read_meta(out).get("config")
+    entries = config.get("controllers") if isinstance(config, dict) else None
+    adapter: TypeAdapter[ControllerSpec] = TypeAdapter(ControllerSpec)
+    specs: dict[str, ControllerSpec] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            spec = adapter.validate_python(entry)
+        except ValidationError:
+            continue  # drawn without what its entry says (sigma band, emphasis)
+        specs[spec.label()] = spec
+    return specs
+
+
+def _box(spec: ControllerSpec | None) -> Box | None:
+    """The Box a continuous controller learns over (to draw sigma in temperature), else None."""
+    from metactl.integrations.lab.config import MetaGradientSpec
+
+    space = spec.temperature_space() if isinstance(spec, MetaGradientSpec) else None
+    return space if isinstance(space, Box) else None
+
+
 def _box_of(out: Path, label: str) -> Box | None:
-    """The Box a continuous controller's config entry describes (to draw sigma in temperature)."""
-    meta = read_meta(out)
-    labels = meta.get("labels")
-    specs = (
-        meta.get("config", {}).get("controllers") if isinstance(meta.get("config"), dict) else None
-    )
-    if not isinstance(labels, list) or not isinstance(specs, list) or label not in labels:
-        return None
-    spec = specs[labels.index(label)]
-    if not isinstance(spec, dict) or spec.get("space") != "box":
-        return None
-    try:
-        return Box(float(spec["low"]), float(spec["high"]), log=True)
-    except (KeyError, TypeError, ValueError):
-        return None
+    """The Box the controller ``label`` of ``out``'s config learns over, else None."""
+    return _box(_specs(out).get(label))
 
 
-def _meta_policy(run: RunRef) -> dict[str, Any] | None:
-    """What one run logged of its meta-policy: Discrete probabilities or a Box's mean and sigma."""
-    recs = read_metrics(run.path)
-    arms = sorted(
-        {k[len("meta/prob/") :] for r in recs for k in r if k.startswith("meta/prob/")}, key=float
-    )
+def _is_tampo(spec: ControllerSpec | None) -> bool:
+    """Whether the figure puts this controller first and draws it bold: TAMPO, by its kind."""
+    return spec is not None and spec.kind == "tampo"
+
+
+def parse_meta_policy(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What ``metrics.jsonl`` records hold of a meta-policy: arm probabilities, or mean and sigma.
+
+    The names are those of :mod:`metactl.metric_keys` as a trainer logs them
+    (``meta/prob/<T>``, ``meta/mean``, ``meta/sigma``, ``meta/temperature``).
+    """
+    temperature = meta_key(TEMPERATURE)
+    arms = sorted({arm for r in recs for k in r if (arm := logged_arm(k)) is not None}, key=float)
     if arms:
-        rows = [r for r in recs if f"meta/prob/{arms[0]}" in r]
+        keys = [meta_key(prob_key(a)) for a in arms]
+        rows = [r for r in recs if keys[0] in r]
         return {
             "kind": "discrete",
             "arms": [float(a) for a in arms],
             "steps": [int(r["step"]) for r in rows],
             "probs": np.asarray(
-                [[float(r.get(f"meta/prob/{a}") or 0.0) for a in arms] for r in rows],
-                dtype=np.float64,
+                [[float(r.get(k) or 0.0) for k in keys] for r in rows], dtype=np.float64
             ),
-            "temps": [float(r.get("meta/temperature") or math.nan) for r in rows],
+            "temps": [float(r.get(temperature) or math.nan) for r in rows],
         }
-    rows = [r for r in recs if r.get("meta/mean") is not None and r.get("meta/sigma") is not None]
+    mean, sigma = meta_key(MEAN), meta_key(SIGMA)
+    rows = [r for r in recs if r.get(mean) is not None and r.get(sigma) is not None]
     if rows:
         return {
             "kind": "box",
             "steps": [int(r["step"]) for r in rows],
-            "mean": np.asarray([float(r["meta/mean"]) for r in rows]),
-            "sigma": np.asarray([float(r["meta/sigma"]) for r in rows]),
-            "temps": [float(r.get("meta/temperature") or math.nan) for r in rows],
+            "mean": np.asarray([float(r[mean]) for r in rows]),
+            "sigma": np.asarray([float(r[sigma]) for r in rows]),
+            "temps": [float(r.get(temperature) or math.nan) for r in rows],
         }
     return None
+
+
+def _meta_policy(run: RunRef) -> dict[str, Any] | None:
+    """What one run logged of its meta-policy (:func:`parse_meta_policy` of its metrics)."""
+    return parse_meta_policy(read_metrics(run.path))
 
 
 def _preferred(runs: list[RunRef]) -> dict[str, Any]:
@@ -296,7 +330,9 @@ def _preferred(runs: list[RunRef]) -> dict[str, Any]:
     return out
 
 
-def _plot_curves(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
+def _plot_curves(
+    ax: Any, summary: dict[str, Any], runs: list[RunRef], specs: dict[str, ControllerSpec]
+) -> None:
     per_label = summary.get("runs_per_label") or {}
     for label in summary["labels"]:
         mine = [r for r in runs if r.label == label]
@@ -308,9 +344,8 @@ def _plot_curves(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
             m = np.array([x[0] for x in stats])
             of = per_label.get(label, len(done))
             n = f"n={len(done)}" if of == len(done) else f"n={len(done)} of {of}"
-            (line,) = ax.plot(
-                steps, m * 100, label=f"{label} ({n})", lw=2 if "TAMPO" in label else 1.3
-            )
+            lw = 2 if _is_tampo(specs.get(label)) else 1.3
+            (line,) = ax.plot(steps, m * 100, label=f"{label} ({n})", lw=lw)
             color = line.get_color()
             # A band only where at least two seeds give an interval.
             band = [
@@ -347,9 +382,9 @@ def _plot_curves(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
 
 
 def _plot_meta_policy(
-    fig: Any, ax: Any, out: Path, summary: dict[str, Any], runs: list[RunRef]
+    fig: Any, ax: Any, summary: dict[str, Any], runs: list[RunRef], specs: dict[str, ControllerSpec]
 ) -> None:
-    order = sorted(summary["labels"], key=lambda lab: "tampo" not in lab.lower())  # TAMPO first
+    order = sorted(summary["labels"], key=lambda lab: not _is_tampo(specs.get(lab)))  # TAMPO first
     found = None
     for label in order:
         candidates = [r for r in runs if r.label == label and r.status != "missing"]
@@ -391,7 +426,7 @@ def _plot_meta_policy(
     else:
         mean, sigma = mp["mean"], mp["sigma"]
         (line,) = ax.plot(steps, mean, lw=1.5, label="policy median")
-        box = _box_of(out, run.label)
+        box = _box(specs.get(run.label))
         if box is not None:
             u = box.to_unconstrained(mean)
             ax.fill_between(
@@ -458,9 +493,10 @@ def plot_report(out: Path, summary: dict[str, Any]) -> Path:
     import matplotlib.pyplot as plt
 
     runs = check_files(out)
+    specs = _specs(out)
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
-    _plot_curves(axes[0], summary, runs)
-    _plot_meta_policy(fig, axes[1], out, summary, runs)
+    _plot_curves(axes[0], summary, runs, specs)
+    _plot_meta_policy(fig, axes[1], summary, runs, specs)
     _plot_preferred(axes[2], [r for r in runs if r.status != "missing"])
     fig.tight_layout()
     path = out / REPORT_PNG

@@ -53,6 +53,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from metactl.metric_keys import (
+    MEAN,
+    META_PREFIX,
+    PROB_PREFIX,
+    SIGMA,
+    TEMPERATURE,
+    meta_key,
+    prob_arm,
+)
+
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".metactl.lock"
 RESULT_FILE = "result.json"
@@ -263,6 +273,15 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+#: The meta-policy records of ``metrics.jsonl`` that hold a number (or null).
+META_NUMBERS = (meta_key(TEMPERATURE), meta_key(MEAN), meta_key(SIGMA))
+
+
+def logged_arm(key: str) -> str | None:
+    """The arm label of a logged arm probability (``meta/prob/0.6`` -> ``"0.6"``), else None."""
+    return prob_arm(key.removeprefix(META_PREFIX)) if key.startswith(META_PREFIX) else None
+
+
 def _metrics_problem(rec: dict[str, Any]) -> str | None:
     """What is wrong with one ``metrics.jsonl`` record, or None."""
     if not _is_count(rec.get("step")):
@@ -271,12 +290,13 @@ def _metrics_problem(rec: dict[str, Any]) -> str | None:
     if "eval/accuracy" in rec and not (_is_finite(acc) and 0 <= acc <= 1):
         return f"'eval/accuracy' must be a number in [0, 1], got {acc!r}"
     for key, value in rec.items():
-        numeric = key in ("meta/temperature", "meta/mean", "meta/sigma")
-        if key.startswith("meta/prob/"):
+        numeric = key in META_NUMBERS
+        arm = logged_arm(key)
+        if arm is not None:
             try:
-                float(key[len("meta/prob/") :])
+                float(arm)
             except ValueError:
-                return f"{key!r}: the arm after 'meta/prob/' must be a number"
+                return f"{key!r}: the arm after {meta_key(PROB_PREFIX)!r} must be a number"
             numeric = True
         if numeric and value is not None and not _is_number(value):
             return f"{key!r} must be a number or null, got {value!r}"

@@ -1,4 +1,4 @@
-"""Run GRPO through ``MetaGRPOTrainer`` on the testbed and write each run's files.
+"""Orchestrate a compare job: train each run through ``MetaGRPOTrainer`` and write its files.
 
 A compare job is one run per (controller, seed), all from the same cached warm
 start, on the same task and held-out set. Each run writes, in its folder (the format of
@@ -17,27 +17,29 @@ was interrupted; :func:`run_compare` reruns it when ``resume=True`` and keeps th
 ones. Runs are independent: ``workers > 1`` trains several at once in separate processes (one
 torch thread each), with the same results as one after another; a worker dies with the job's
 process, however that dies (``kill -9`` included).
+
+The pieces live apart: the device policy in :mod:`~metactl.integrations.lab.device`, the
+``GRPOConfig`` of a run in :mod:`~metactl.integrations.lab.grpo_args`, the Figure-4 probe in
+:mod:`~metactl.integrations.lab.probe`, the trainer callbacks in
+:mod:`~metactl.integrations.lab.recorder` and the worker processes in
+:mod:`~metactl.integrations.lab.scheduling`.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from metactl.integrations.lab.config import CompareConfig
+from metactl.integrations.lab.device import Device
+from metactl.integrations.lab.grpo_args import grpo_config
 from metactl.integrations.lab.rundir import (
     METRICS_FILE,
-    PREFERRED_BOUNDS,
-    ROLLOUTS_FILE,
     RunRef,
     append_jsonl,
     expected_result,
@@ -49,235 +51,9 @@ from metactl.integrations.lab.rundir import (
     run_ref,
     write_result,
 )
-from metactl.integrations.lab.testbed.tasks import Task, make_task
+from metactl.integrations.lab.scheduling import run_parallel
+from metactl.integrations.lab.testbed.tasks import make_task
 from metactl.integrations.lab.testbed.warmstart import evaluate, warm_start
-
-PROBE_PROMPTS = 16
-
-Device = Literal["cpu", "cuda"]
-"""Where a run trains: ``cpu`` (float32) or ``cuda`` (bf16 autocast)."""
-
-
-def resolve_device(device: str) -> Device:
-    """The device ``--device`` names: ``auto`` is ``cuda`` when torch sees a GPU, else ``cpu``.
-
-    Raises:
-        ValueError: an unknown name, or ``cuda`` without a visible CUDA device (one line
-            naming the fix).
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch sees no CUDA device; use --device cpu (or auto)")
-        return "cuda"
-    raise ValueError(f"--device: expected auto, cpu or cuda, got {device!r}")
-
-
-def grpo_config(
-    cfg: CompareConfig,
-    run_dir: Path,
-    seed: int,
-    *,
-    max_completion_length: int,
-    device: Device = "cpu",
-) -> Any:
-    """The ``trl.GRPOConfig`` of one run.
-
-    Args:
-        cfg: the compare config (trainer settings, steps).
-        run_dir: the run's folder (TRL's scratch output under ``trainer/``).
-        seed: the run's seed (data order and sampling).
-        max_completion_length: the task's completion budget.
-        device: ``cpu`` trains in float32 (bf16 autocast is slower and inexact on a CPU);
-            ``cuda`` trains with bf16 autocast.
-    """
-    from trl.trainer.grpo_config import GRPOConfig
-
-    g = cfg.trainer.num_generations
-    return GRPOConfig(
-        output_dir=str(run_dir / "trainer"),
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.trainer.prompts_per_step * g,
-        num_generations=g,
-        max_completion_length=max_completion_length,
-        learning_rate=cfg.trainer.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        beta=cfg.trainer.beta,
-        gradient_checkpointing=False,
-        logging_steps=1,
-        report_to=cfg.trainer.report_to,
-        use_cpu=device == "cpu",
-        bf16=device == "cuda",
-        save_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        disable_tqdm=True,
-    )
-
-
-def sample_rollouts(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    *,
-    num_generations: int,
-    temperature: float,
-    max_new_tokens: int,
-    generator: Any,
-) -> tuple[list[str], Any, Any, Any]:
-    """Sample ``num_generations`` completions per prompt with a private ``torch.Generator``.
-
-    Prompts must have equal token length (true for every testbed task).
-
-    Returns:
-        ``(texts, logits, tokens, mask)``: decoded completions and, for scoring,
-        untempered logits ``[N, L, V]`` of the completion positions, the completion
-        tokens ``[N, L]`` and their mask ``[N, L]`` (tokens up to and including ``<eos>``).
-    """
-    import torch
-
-    enc = tokenizer(prompts, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids = enc.repeat_interleave(num_generations, dim=0).to(model.device)
-    plen = ids.shape[1]
-    eos = tokenizer.eos_token_id
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    mask_cols = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                logits = model(input_ids=ids).logits[:, -1].float()
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = (
-                    torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(ids.device)
-                )
-                mask_cols.append(~done)
-                nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
-                ids = torch.cat([ids, nxt[:, None]], dim=1)
-                done = done | (nxt == eos)
-                if bool(done.all()):
-                    break
-            full = model(input_ids=ids).logits.float()
-    finally:
-        model.train(was_training)
-    tokens = ids[:, plen:]
-    logits = full[:, plen - 1 : -1]
-    mask = torch.stack(mask_cols, dim=1).to(torch.float32)
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return texts, logits, tokens, mask
-
-
-def probe_rollouts(
-    model: Any,
-    tokenizer: Any,
-    task: Task,
-    *,
-    temperature: float,
-    num_generations: int,
-    generator: Any,
-) -> dict[str, Any]:
-    """Advantages and preferred temperatures of a probe batch (the paper's Figure 4 data).
-
-    Uses the first :data:`PROBE_PROMPTS` training prompts, ``num_generations`` each.
-    Rollouts with zero advantage (groups solved or failed alike) are dropped.
-    """
-    from metactl.integrations.torch import grpo_advantages, preferred_temperature
-
-    rows = task.train.select(range(PROBE_PROMPTS))
-    texts, logits, tokens, mask = sample_rollouts(
-        model,
-        tokenizer,
-        list(rows["prompt"]),
-        num_generations=num_generations,
-        temperature=temperature,
-        max_new_tokens=task.max_completion_length,
-        generator=generator,
-    )
-    columns = {k: [v for v in rows[k] for _ in range(num_generations)] for k in rows.column_names}
-    prompts = columns.pop("prompt")
-    import torch
-
-    rewards = torch.tensor(task.reward_func(prompts=prompts, completions=texts, **columns))
-    adv = grpo_advantages(rewards, num_generations)
-    pref = preferred_temperature(logits, tokens, mask, bounds=PREFERRED_BOUNDS)
-    keep = (adv.abs() > 1e-8) & torch.isfinite(pref)
-    return {
-        "temperature": temperature,
-        "reward": float(rewards.mean()),
-        "advantage": [round(float(a), 5) for a in adv[keep]],
-        "preferred": [round(float(p), 5) for p in pref[keep]],
-    }
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, int | float | str | bool) or v is None:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return f if math.isfinite(f) else None
-
-
-def _callbacks(
-    *,
-    run_dir: Path,
-    model_tok: tuple[Any, Any],
-    task: Task,
-    cfg: CompareConfig,
-    seed: int,
-    curve: list[tuple[int, float]],
-    on_step: Callable[[], None] | None,
-) -> list[Any]:
-    import torch
-    from transformers import TrainerCallback
-
-    metrics_path = run_dir / METRICS_FILE
-    rollouts_path = run_dir / ROLLOUTS_FILE
-    tok = model_tok[1]
-    gen = torch.Generator().manual_seed(10_000 + seed)
-
-    class Recorder(TrainerCallback):  # type: ignore[misc]  # transformers is Any to mypy
-        """Writes TRL's logs, evaluates held-out accuracy and probes rollouts."""
-
-        def __init__(self) -> None:
-            self.temperature = 1.0
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs:
-                if "meta/temperature" in logs:
-                    self.temperature = float(logs["meta/temperature"])
-                rec = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
-                append_jsonl(metrics_path, rec)
-
-        def on_step_end(
-            self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any
-        ) -> None:
-            step = state.global_step
-            if on_step is not None:
-                on_step()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                acc = evaluate(model, tok, task)
-                curve.append((step, acc))
-                append_jsonl(metrics_path, {"step": step, "eval/accuracy": acc})
-                probe = probe_rollouts(
-                    model,
-                    tok,
-                    task,
-                    temperature=self.temperature,
-                    num_generations=cfg.trainer.num_generations,
-                    generator=gen,
-                )
-                append_jsonl(rollouts_path, {"step": step, **probe})
-
-    return [Recorder()]
 
 
 def run_one(
@@ -301,6 +77,8 @@ def run_one(
     """
     import shutil
 
+    from metactl.integrations.lab.probe import probe_generator
+    from metactl.integrations.lab.recorder import Recorder, set_lab_callbacks
     from metactl.integrations.trl import MetaGRPOTrainer
 
     spec = cfg.controllers[index]
@@ -335,24 +113,19 @@ def run_one(
         processing_class=tok,
         controller=controller,
         outcome=spec.trainer_outcome(),
-        callbacks=_callbacks(
-            run_dir=run_dir,
-            model_tok=(model, tok),
-            task=task,
-            cfg=cfg,
-            seed=seed,
-            curve=curve,
-            on_step=on_step,
-        ),
+        callbacks=[
+            Recorder(
+                run_dir=run_dir,
+                tokenizer=tok,
+                task=task,
+                cfg=cfg,
+                generator=probe_generator(seed),
+                curve=curve,
+                on_step=on_step,
+            )
+        ],
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)  # the job's progress bar replaces TRL's printing
-    trainer.remove_callback(ProgressCallback)
-    for callback in trainer.callback_handler.callbacks:
-        if type(callback).__name__ == "TensorBoardCallback":
-            # Under the run folder (TRL's output_dir is scratch, deleted when the run ends).
-            callback.logging_dir = str(run_dir / "tensorboard")
+    set_lab_callbacks(trainer, run_dir)
     trainer.train()
     wall = time.perf_counter() - t0
     steps = np.array([s for s, _ in curve], dtype=np.float64)
@@ -427,54 +200,6 @@ def _say_torn(cfg: CompareConfig, out: Path, jobs: list[tuple[int, int]]) -> Non
         )
 
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: end this worker when the job's process ``parent`` dies.
-
-    On Linux the kernel sends SIGKILL when the parent dies, however it dies
-    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread watches the parent pid. The parent is
-    checked once more after arming, in case it died before.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
-    else:
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def _run_in_worker(
-    cfg_data: dict[str, Any], index: int, seed: int, run_dir: str, device: Device
-) -> dict[str, Any]:
-    """One run in a worker process (spawned: a fresh interpreter, one torch thread)."""
-    import warnings
-
-    import torch
-    import transformers
-
-    from metactl.integrations.lab.config import CompareConfig
-
-    # Workers run side by side on the CPU cores: one thread each avoids oversubscription.
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
-    transformers.utils.logging.disable_progress_bar()
-    cfg = CompareConfig.model_validate(cfg_data)
-    return run_one(cfg, index, seed, Path(run_dir), device=device)
-
-
 def _result_line(label: str, seed: int, res: dict[str, Any]) -> str:
     return (
         f"{label:>24} seed {seed}: held-out accuracy {res['initial_accuracy']:.1%} -> "
@@ -514,7 +239,8 @@ def run_compare(
         progress: show a progress bar over all steps of all runs when stdout and stderr are
             terminals; otherwise (a redirected log) only a line per finished run is printed.
         figure: draw ``report.png``.
-        device: where runs train (``cpu`` or ``cuda``; see :func:`resolve_device`).
+        device: where runs train (``cpu`` or ``cuda``; see
+            :func:`~metactl.integrations.lab.device.resolve_device`).
         workers: runs trained at once, each in its own process with one torch thread.
 
     Returns:
@@ -584,11 +310,18 @@ def _compare_locked(
             initial=done_before * cfg.steps,
         )
 
-    def say(line: str) -> None:
+    def finished(i: int, s: int, res: dict[str, Any]) -> None:
+        line = _result_line(labels[i], s, res)
         if bar is not None:
             bar.write(line)
         else:
             print(line, flush=True)
+        write_report(out_p, figure=False)
+
+    def finished_in_worker(i: int, s: int, res: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.update(cfg.steps)  # a worker's steps are not seen one by one
+        finished(i, s, res)
 
     try:
         if workers == 1:
@@ -599,10 +332,11 @@ def _compare_locked(
                 res = run_one(
                     cfg, i, s, run_dir_for(out_p, labels[i], s), on_step=step, device=device
                 )
-                say(_result_line(labels[i], s, res))
-                write_report(out_p, figure=False)
+                finished(i, s, res)
         else:
-            _run_parallel(cfg, out_p, jobs, labels, device, workers, bar, say)
+            run_parallel(
+                cfg, out_p, jobs, device=device, workers=workers, on_done=finished_in_worker
+            )
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -611,55 +345,3 @@ def _compare_locked(
     if bar is not None:
         bar.close()
     return write_report(out_p, figure=figure)
-
-
-def _run_parallel(
-    cfg: CompareConfig,
-    out: Path,
-    jobs: list[tuple[int, int]],
-    labels: list[str],
-    device: Device,
-    workers: int,
-    bar: Any,
-    say: Callable[[str], None],
-) -> None:
-    """Train ``jobs`` in ``workers`` spawned processes; report each run as it finishes."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-
-    from metactl.integrations.lab.report import write_report
-
-    cfg_data = cfg.model_dump(mode="json")
-    others = set(multiprocessing.active_children())
-    # spawn, not fork: torch and its thread pools are not fork-safe. Each worker dies with this
-    # process (SIGKILL included), so none trains on into a folder a --resume may rerun.
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_die_with_parent,
-        initargs=(os.getpid(),),
-    ) as pool:
-        pending: dict[Future[dict[str, Any]], tuple[int, int]] = {
-            pool.submit(
-                _run_in_worker, cfg_data, i, s, str(run_dir_for(out, labels[i], s)), device
-            ): (i, s)
-            for i, s in jobs
-        }
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    i, s = pending.pop(future)
-                    res = future.result()
-                    if bar is not None:
-                        bar.update(cfg.steps)
-                    say(_result_line(labels[i], s, res))
-                    write_report(out, figure=False)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            # Stop the runs in flight too: a worker left training after the job ended would
-            # write into a run folder that a --resume may be rerunning. Their folders hold no
-            # result.json, so they count as unfinished and --resume reruns them.
-            for worker in set(multiprocessing.active_children()) - others:
-                worker.terminate()
-            raise

@@ -35,6 +35,7 @@ from metactl.integrations.ppo.config import PPOConfig
 from metactl.integrations.ppo.envstate import EnvCursor
 from metactl.integrations.ppo.policy import ActorCritic, PolicyOutput
 from metactl.integrations.torch import temperature_loglik
+from metactl.metric_keys import meta_key
 from metactl.temperature import check_temperature, check_temperature_controller
 
 __all__ = ["PPO", "PPO_FEEDBACK", "PPOConfig", "Rollout", "compute_gae", "virtual_loglik"]
@@ -273,7 +274,7 @@ class PPO:
             metrics["meta/skipped"] = 1.0
         else:
             for key, value in self.controller.update(feedback).items():
-                metrics[f"meta/{key}"] = float(value)
+                metrics[meta_key(key)] = float(value)
         metrics.update(self.learn(rollout))
         self.iteration += 1
         metrics["iteration"] = float(self.iteration)

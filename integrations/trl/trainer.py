@@ -32,6 +32,7 @@ from metactl.integrations.torch._dispatch import (
     Implementation,
     resolve_implementation,
 )
+from metactl.metric_keys import TEMPERATURE, meta_key
 
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
 from ._seam import SUPPORTED, choose_seam
@@ -221,7 +222,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             decision = self.controller.sample()
             self._round = RoundStats(decision)
             self.set_temperature(decision.value)
-            self._metrics["train"]["meta/temperature"].append(decision.value)
+            self._metrics["train"][meta_key(TEMPERATURE)].append(decision.value)
         batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
         return batch
 
@@ -296,7 +297,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         if stats.informative_fraction is not None:
             metrics["meta/informative_fraction"] = stats.informative_fraction
         if feedback is not None:
-            metrics.update({f"meta/{k}": v for k, v in self.controller.update(feedback).items()})
+            metrics.update({meta_key(k): v for k, v in self.controller.update(feedback).items()})
         for key, value in metrics.items():
             self._metrics["train"][key].append(float(value))
         self._round = None

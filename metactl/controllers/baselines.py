@@ -14,6 +14,7 @@ from metactl._validate import bounded, integer, real
 from metactl.controllers._arms import arm_label, played_arms
 from metactl.controllers.base import BaseController, Metrics
 from metactl.feedback import Counterfactual, EntropyObservation, Feedback, Outcome, Outcomes
+from metactl.metric_keys import prob_key
 from metactl.spaces import Box, Discrete, Space
 
 ALL_FEEDBACK: tuple[type, ...] = (Counterfactual, Outcome, Outcomes, EntropyObservation)
@@ -109,7 +110,7 @@ class SlidingWindowUCB(BaseController):
         }
         for value, p, s in zip(self.space.values, self.probs, self.scores(), strict=True):
             label = arm_label(float(value))
-            metrics[f"prob/{label}"] = float(p)
+            metrics[prob_key(label)] = float(p)
             if math.isfinite(s):
                 metrics[f"ucb/{label}"] = float(s)
         return metrics

@@ -19,6 +19,7 @@ from metactl.controllers._arms import (
 )
 from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.feedback import Counterfactual, Feedback, Outcome, Outcomes
+from metactl.metric_keys import MEAN, SIGMA, prob_key
 from metactl.spaces import Box, Discrete
 
 
@@ -148,7 +149,7 @@ class _SoftmaxRule(_MetaPolicyRule):
     def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
         pi = self.probs(theta)
         for value, p in zip(self.space.values, pi, strict=True):
-            metrics[f"prob/{arm_label(float(value))}"] = float(p)
+            metrics[prob_key(arm_label(float(value)))] = float(p)
         metrics["policy_entropy"] = F.entropy(pi)
         metrics["expected_value"] = float(np.dot(pi, self.space.values))
 
@@ -239,8 +240,8 @@ class _GaussianRule(_MetaPolicyRule):
             )
 
     def policy_metrics(self, theta: np.ndarray, metrics: Metrics) -> None:
-        metrics["mean"] = self.mean(theta)
-        metrics["sigma"] = self.sigma(theta)
+        metrics[MEAN] = self.mean(theta)
+        metrics[SIGMA] = self.sigma(theta)
 
 
 LOG_MAX_SIGMA = math.log(MAX_MAGNITUDE)

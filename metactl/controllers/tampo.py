@@ -12,6 +12,7 @@ from metactl._validate import MAX_MAGNITUDE, integer, real
 from metactl.controllers._arms import arm_label, check_all_arms, counterfactual_arm_advantages
 from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.feedback import Counterfactual, Feedback
+from metactl.metric_keys import prob_key
 from metactl.spaces import Discrete
 
 PAPER_TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
@@ -120,7 +121,7 @@ class TAMPO(BaseController):
         pi = self.probs
         for value, p, a, abar in zip(values, pi, batch, self._abar, strict=True):
             label = arm_label(float(value))
-            metrics[f"prob/{label}"] = float(p)
+            metrics[prob_key(label)] = float(p)
             metrics[f"advantage/{label}"] = float(a)
             metrics[f"ema_advantage/{label}"] = float(abar)
         metrics["policy_entropy"] = F.entropy(pi)

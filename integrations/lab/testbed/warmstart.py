@@ -199,7 +199,7 @@ def train_warm_start(
             idx = torch.randint(0, len(ids), (cfg.batch_size,), generator=gen)
             logits = model(input_ids=x[idx].to(device), attention_mask=attn[idx].to(device)).logits
             # The loss by hand: transformers' causal-LM loss casts the logits to float32.
-            loss = torch.nn.functional.cross_entropy(
+            loss: Any = torch.nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1), labels[idx, 1:].flatten().to(device)
             )
             opt.zero_grad(set_to_none=True)
@@ -212,7 +212,10 @@ def train_warm_start(
             if cfg.steps is None and step % cfg.check_every == 0:
                 acc = evaluate(model, tok, val_task)
                 if verbose:
-                    print(f"warm start step {step}: loss {loss.item():.3f} val acc {acc:.3f}", flush=True)
+                    print(
+                        f"warm start step {step}: loss {loss.item():.3f} val acc {acc:.3f}",
+                        flush=True,
+                    )
                 if acc >= cfg.target_accuracy:
                     break
         if acc is None:
@@ -269,8 +272,8 @@ def warm_start(
     tok = make_tokenizer()
     entry = shipped_entry(cfg)
     if entry is not None:
-        model, meta = load_shipped(cfg, entry)
-        return model, tok, meta
+        model, shipped_meta = load_shipped(cfg, entry)
+        return model, tok, shipped_meta
     path = cfg.path()
     meta_file = path / "warmstart.json"
     if use_cache and meta_file.exists():

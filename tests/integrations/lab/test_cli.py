@@ -738,7 +738,7 @@ def test_device_and_workers_flags() -> None:
 
 def test_resolve_device() -> None:
     torch = pytest.importorskip("torch")
-    from metactl.integrations.lab.runner import resolve_device
+    from metactl.integrations.lab.device import resolve_device
 
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -749,7 +749,7 @@ def test_resolve_device() -> None:
 
 def test_grpo_config_on_cpu_is_float32_and_reports_as_configured(tmp_path: Path) -> None:
     pytest.importorskip("trl")
-    from metactl.integrations.lab.runner import grpo_config
+    from metactl.integrations.lab.grpo_args import grpo_config
 
     cfg = parse_config(_cfg(*TWO_FIXED, trainer={"prompts_per_step": 4, "num_generations": 2}))
     args = grpo_config(cfg, tmp_path, 3, max_completion_length=5, device="cpu")
@@ -970,7 +970,7 @@ def test_grpo_config_on_cuda_is_bf16(tmp_path: Path) -> None:
     pytest.importorskip("trl")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (transformers refuses bf16 without one)")
-    from metactl.integrations.lab.runner import grpo_config
+    from metactl.integrations.lab.grpo_args import grpo_config
 
     args = grpo_config(demo_config(quick=True), tmp_path, 0, max_completion_length=5, device="cuda")
     assert args.bf16 is True and args.use_cpu is False

@@ -14,13 +14,18 @@ SCRIPT = Path(__file__).resolve().parents[3] / "examples" / "compare_paired.py"
 SETTINGS = {"task": "addition", "difficulty": 2, "steps": 10, "warm_start": {}, "trainer": {}}
 
 
-def _folder(out: Path, finals: dict[str, list[float]], kinds: dict[str, str] | None = None) -> None:
+def _folder(
+    out: Path,
+    finals: dict[str, list[float]],
+    kinds: dict[str, str] | None = None,
+    first_seed: int = 0,
+) -> None:
     labels = list(finals)
-    seeds = list(range(len(next(iter(finals.values())))))
+    seeds = [first_seed + i for i in range(len(next(iter(finals.values()))))]
     out.mkdir()
     write_meta(out, {"config": {**SETTINGS, "seeds": seeds}, "labels": labels, "seeds": seeds})
     for label, values in finals.items():
-        for seed, final in enumerate(values):
+        for seed, final in zip(seeds, values, strict=True):
             run_dir = run_dir_for(out, label, seed)
             run_dir.mkdir(parents=True)
             write_result(
@@ -101,3 +106,51 @@ def test_headroom_needs_fixed_and_schedule_runs(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "needs fixed and schedule runs" in proc.stderr
     proc = _run(str(tmp_path / "a"))
     assert proc.returncode == 2 and "--baseline" in proc.stderr
+
+
+def test_chosen_on_measures_the_development_picks_on_confirmation_seeds(tmp_path: Path) -> None:
+    kinds = {"s1": "piecewise", "s2": "schedule", "tampo": "tampo"}
+    dev = {  # on development seeds T=b and s1 are the best (AUC = final / 2 here)
+        "T=a": [0.50, 0.50, 0.50],
+        "T=b": [0.60, 0.60, 0.60],
+        "s1": [0.70, 0.70, 0.70],
+        "s2": [0.60, 0.60, 0.60],
+        "tampo": [0.50, 0.50, 0.50],
+    }
+    confirm = {  # on confirmation seeds T=a is better than T=b: the pick stays T=b
+        "T=a": [0.80, 0.80, 0.80, 0.80, 0.80],
+        "T=b": [0.60, 0.62, 0.58, 0.60, 0.65],
+        "s1": [0.62, 0.66, 0.58, 0.61, 0.70],
+        "s2": [0.90, 0.90, 0.90, 0.90, 0.90],
+        "tampo": [0.61, 0.61, 0.61, 0.61, 0.61],
+    }
+    _folder(tmp_path / "dev", dev, kinds)
+    _folder(tmp_path / "confirm", confirm, kinds, first_seed=10_000)
+    proc = _run(str(tmp_path / "confirm"), "--chosen-on", str(tmp_path / "dev"))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    auc = {r["controller"]: r for r in rows if r["metric"] == "auc"}
+    assert set(auc) == {"T=a", "s1", "s2", "tampo"}
+    assert all(r["baseline"] == "T=b" for r in rows)
+    assert [label for label, r in auc.items() if r["headroom"]] == ["s1"]
+    assert auc["s1"]["seeds"] == [10_000 + i for i in range(5)]
+    # s1 - T=b in AUC points (AUC = final / 2): [1, 2, 0, 0.5, 2.5]
+    diffs = [1.0, 2.0, 0.0, 0.5, 2.5]
+    mean = sum(diffs) / 5
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 4)
+    t975, t80 = 2.776445105, 0.940964683  # Student t, 4 degrees of freedom
+    assert auc["s1"]["diff_pts"] == round(mean, 2)
+    half = t975 * sd / math.sqrt(5)
+    assert auc["s1"]["diff_ci95_pts"] == [round(mean - half, 2), round(mean + half, 2)]
+    assert auc["s1"]["minimum_detectable_pts"] == round((t975 + t80) * sd / math.sqrt(5), 2)
+
+
+def test_chosen_on_refuses_mixed_seed_kinds(tmp_path: Path) -> None:
+    kinds = {"s1": "piecewise"}
+    _folder(tmp_path / "dev", {"T=a": [0.5, 0.6], "s1": [0.6, 0.7]}, kinds)
+    _folder(tmp_path / "dev2", {"T=a": [0.5, 0.6], "s1": [0.6, 0.7]}, kinds)
+    _folder(tmp_path / "conf", {"T=a": [0.5, 0.6], "s1": [0.6, 0.7]}, kinds, first_seed=10_000)
+    proc = _run(str(tmp_path / "dev2"), "--chosen-on", str(tmp_path / "dev"))
+    assert proc.returncode != 0 and "holds development seeds" in proc.stderr
+    proc = _run(str(tmp_path / "conf"), "--chosen-on", str(tmp_path / "conf"))
+    assert proc.returncode != 0 and "must hold development seeds only" in proc.stderr

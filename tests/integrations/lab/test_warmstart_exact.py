@@ -181,7 +181,9 @@ def test_every_shipped_warm_start_matches_its_checksum_and_accuracy() -> None:
         model, meta = load_shipped(cfg, entry)
         fresh = make_model(tok, seed=cfg.seed, size=cfg.size)  # type: ignore[arg-type]
         assert set(model.state_dict()) == set(fresh.state_dict())
-        assert not any(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+        assert not any(
+            torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True)
+        )
         task = make_task(cfg.task, difficulty=cfg.difficulty, seed=cfg.seed)
         assert evaluate(model, tok, task) == entry["meta"]["eval_accuracy"], name
         assert meta["steps"] == cfg.steps

@@ -1,0 +1,85 @@
+"""Development and confirmation seeds: fixed in the configs, never mixed, named in reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metactl.integrations.lab.cli import main
+from metactl.integrations.lab.config import (
+    FIRST_CONFIRMATION_SEED,
+    MAX_SEEDS,
+    ConfigError,
+    load_config,
+    parse_config,
+    seed_evidence,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def _cfg(**top: Any) -> dict[str, Any]:
+    return {"controllers": [{"kind": "tampo"}], **top}
+
+
+def test_seed_counts_start_at_the_first_seed_of_their_kind() -> None:
+    assert parse_config(_cfg(seeds=3)).seed_list() == [0, 1, 2]
+    confirm = parse_config(_cfg(seeds=3, evidence="confirmation"))
+    assert confirm.seed_list() == [10_000, 10_001, 10_002]
+    assert FIRST_CONFIRMATION_SEED == 10_000
+    assert [seed_evidence(s) for s in (0, 9_999, 10_000, 2**32 - 1)] == [
+        "development",
+        "development",
+        "confirmation",
+        "confirmation",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("top", "needle"),
+    [
+        (
+            {"seeds": [0, 1, 10_003]},
+            "seeds: 10003 is a confirmation seed in a config with evidence: development",
+        ),
+        (
+            {"seeds": [10_000, 4], "evidence": "confirmation"},
+            "seeds: 4 is a development seed in a config with evidence: confirmation",
+        ),
+        ({"evidence": "final"}, "evidence: Input should be 'development' or 'confirmation'"),
+    ],
+)
+def test_a_seed_of_the_other_kind_is_refused_naming_it(top: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(_cfg(**top))
+
+
+def test_a_development_config_cannot_reach_confirmation_seeds_by_count() -> None:
+    assert MAX_SEEDS < FIRST_CONFIRMATION_SEED  # seeds: n stays below the first one
+    with pytest.raises(ConfigError, match=f"seeds: need 1..{MAX_SEEDS} seeds"):
+        parse_config(_cfg(seeds=MAX_SEEDS + 1))
+
+
+def test_cli_refuses_a_mixed_config_in_one_line_writing_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(_cfg(seeds=[3, 10_007])))
+    out = tmp_path / "out"
+    assert main(["compare", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "10007 is a confirmation seed" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_the_two_misconception_configs_differ_only_in_their_seeds() -> None:
+    dev = load_config(EXAMPLES / "misconception_dev.yaml")
+    confirm = load_config(EXAMPLES / "misconception_confirm.yaml")
+    assert dev.evidence == "development" and dev.seed_list() == list(range(10))
+    assert confirm.evidence == "confirmation"
+    assert confirm.seed_list() == list(range(10_000, 10_020))
+    drop = {"evidence", "seeds"}
+    assert dev.model_dump(exclude=drop) == confirm.model_dump(exclude=drop)
