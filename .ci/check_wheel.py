@@ -2,14 +2,16 @@
 
 Run by ``make wheel-check`` after the sdist and the wheel are built (the wheel from the sdist):
 
-- every ``.py`` under ``metactl/`` and ``integrations/`` is inside the wheel, at its installed
+- every ``.py`` under ``metactl/`` and ``integrations/``, and every shipped warm-start file, is
+  inside the wheel, at its installed
   name (``integrations/x.py`` -> ``metactl/integrations/x.py``);
 - ``--core VENV_PYTHON``: in a fresh virtual environment holding only the wheel and the core's
   dependencies, ``import metactl`` pulls in no framework, the README quickstart runs, every
   integration module fails only with ``DependencyNotInstalled`` (naming its extra), and the
   ``metactl`` command says in one line which extra to install;
 - ``--full SITE_DIR``: with the wheel unpacked in SITE_DIR ahead of the dev install, every module
-  of the package imports from there (all extras present).
+  of the package imports from there (all extras present), and every shipped warm start loads
+  from there, matching its SHA-256.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def check_contents(wheel: Path) -> list[str]:
     """Every source module is in the wheel; return the module names."""
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = sorted(p for d in ("metactl", "integrations") for p in (ROOT / d).rglob("*.py"))
-    missing = [installed_name(p) for p in sources if installed_name(p) not in names]
+    data = sorted((ROOT / "integrations/lab/testbed/warmstarts").iterdir())  # shipped warm starts
+    missing = [installed_name(p) for p in sources + data if installed_name(p) not in names]
     if missing:
         sys.exit(f"check_wheel: {wheel.name} lacks {missing}")
     modules = []
@@ -97,9 +100,18 @@ def check_full(site: Path, modules: list[str]) -> None:
         f"for name in {modules!r}:\n"
         "    module = importlib.import_module(name)\n"
         f"    assert module.__file__.startswith({str(site)!r}), (name, module.__file__)\n"
+        "from metactl.integrations.lab.testbed import shipped, WarmStartConfig\n"
+        f"assert str(shipped.SHIPPED_DIR).startswith({str(site)!r}), shipped.SHIPPED_DIR\n"
+        "entries = shipped.manifest()\n"
+        "assert entries, 'no shipped warm start in the wheel'\n"
+        "for entry in entries.values():\n"
+        "    shipped.load_shipped(WarmStartConfig(**entry['config']), entry)  # checks SHA-256\n"
     )
     run(sys.executable, code, env=env)
-    print(f"check_wheel: all {len(modules)} modules import from the installed wheel")
+    print(
+        f"check_wheel: all {len(modules)} modules import from the installed wheel, and its "
+        "shipped warm starts load and match their checksums"
+    )
 
 
 def main() -> None:

@@ -108,7 +108,8 @@ def _run(
     # The job's own progress bar is the only one (no "Loading weights" bars per run).
     transformers.utils.logging.disable_progress_bar()
     print(
-        f"metactl: {len(cfg.controllers)} controllers x {len(cfg.seed_list())} seeds, "
+        f"metactl: {len(cfg.controllers)} controllers x {len(cfg.seed_list())} {cfg.evidence} "
+        "seeds, "
         f"{cfg.steps} GRPO steps each, task {cfg.task} (difficulty {cfg.difficulty}), "
         f"{device}, {args.workers} worker(s) -> {out}",
         flush=True,

@@ -76,6 +76,41 @@ def _last_step(run: RunRef) -> int:
     return max((int(r["step"]) for r in read_metrics(run.path)), default=0)
 
 
+def seed_kinds(seeds: list[int]) -> dict[str, list[int]]:
+    """The seeds of a folder by kind: ``{"development": [...], "confirmation": [...]}``."""
+    from metactl.integrations.lab.config import seed_evidence
+
+    kinds: dict[str, list[int]] = {}
+    for seed in sorted(set(seeds)):
+        kinds.setdefault(seed_evidence(seed), []).append(seed)
+    return kinds
+
+
+def _seed_ranges(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    parts: list[str] = []
+    start = prev = seeds[0]
+    for seed in [*seeds[1:], None]:
+        if seed is not None and seed == prev + 1:
+            prev = seed
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if seed is not None:
+            start = prev = seed
+    return ", ".join(parts)
+
+
+def evidence_line(summary: dict[str, Any]) -> str:
+    """What kind of seeds the result used, in words (development results are not a verdict)."""
+    kinds: dict[str, list[int]] = summary.get("evidence") or {}
+    said = {
+        "development": "development seeds {} (settings may have been chosen on them)",
+        "confirmation": "confirmation seeds {} (never used to choose a setting)",
+    }
+    parts = [said[kind].format(_seed_ranges(seeds)) for kind, seeds in kinds.items() if seeds]
+    return "Seeds: " + ("; ".join(parts) if parts else "none") + "."
+
+
 def collect(out: Path) -> dict[str, Any]:
     """Gather every run's result and curve in ``out`` into the summary dict.
 
@@ -142,6 +177,7 @@ def collect(out: Path) -> dict[str, Any]:
         "expected_runs": expected,
         "labels": order,
         "runs_per_label": runs_per_label,
+        "evidence": seed_kinds([run.seed for run in runs]),
         "incomplete": incomplete,
         "missing": missing,
         "controllers": controllers,
@@ -202,6 +238,8 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         "Held-out greedy accuracy after training (final) and the area under the held-out "
         "accuracy curve (AUC, mean accuracy over training), mean over seeds with a 95% "
         "Student-t confidence interval (none with a single seed).",
+        "",
+        evidence_line(summary),
         "",
         summary_table(summary),
         "",

@@ -83,3 +83,52 @@ def test_the_two_misconception_configs_differ_only_in_their_seeds() -> None:
     assert confirm.seed_list() == list(range(10_000, 10_020))
     drop = {"evidence", "seeds"}
     assert dev.model_dump(exclude=drop) == confirm.model_dump(exclude=drop)
+
+
+def _finished_folder(out: Path, seeds: list[int]) -> None:
+    from metactl.integrations.lab.rundir import run_dir_for, write_meta, write_result
+
+    out.mkdir()
+    config = {"task": "addition", "difficulty": 2, "steps": 10, "seeds": seeds}
+    write_meta(out, {"config": config, "labels": ["T=1"], "seeds": seeds})
+    for seed in seeds:
+        run_dir = run_dir_for(out, "T=1", seed)
+        run_dir.mkdir(parents=True)
+        write_result(
+            run_dir,
+            {
+                "controller": "T=1",
+                "kind": "fixed",
+                "seed": seed,
+                "steps": 10,
+                "initial_accuracy": 0.1,
+                "final_accuracy": 0.5,
+                "auc": 0.3,
+                "curve": [[0, 0.1], [10, 0.5]],
+                "wall_time_s": 1.0,
+            },
+        )
+
+
+@pytest.mark.parametrize(
+    ("seeds", "said"),
+    [
+        (
+            [10_000, 10_001, 10_002, 10_005],
+            "Seeds: confirmation seeds 10000-10002, 10005 (never used to choose a setting).",
+        ),
+        ([0, 1], "Seeds: development seeds 0-1 (settings may have been chosen on them)."),
+    ],
+)
+def test_the_report_says_which_kind_of_seeds_it_used(
+    tmp_path: Path, seeds: list[int], said: str
+) -> None:
+    from metactl.integrations.lab.report import write_report
+
+    out = tmp_path / "out"
+    _finished_folder(out, seeds)
+    summary = write_report(out, figure=False)
+    kind = "confirmation" if seeds[0] >= FIRST_CONFIRMATION_SEED else "development"
+    assert summary["evidence"] == {kind: seeds}
+    assert said in (out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["evidence"] == {kind: seeds}
