@@ -35,7 +35,12 @@ class Args:
     """Rebuild into a temporary folder and compare with the shipped checksums."""
 
 
-DOCUMENTED_CONFIGS = ("compare_all.yaml", "misconception_dev.yaml", "misconception_confirm.yaml")
+DOCUMENTED_CONFIGS = (
+    "compare_all.yaml",
+    "misconception_dev.yaml",
+    "misconception_screen.yaml",
+    "misconception_confirm.yaml",
+)
 
 
 def documented_warm_starts() -> list[WarmStartConfig]:

@@ -75,14 +75,20 @@ def test_cli_refuses_a_mixed_config_in_one_line_writing_nothing(
     assert not out.exists()
 
 
-def test_the_two_misconception_configs_differ_only_in_their_seeds() -> None:
+def test_the_confirmation_config_runs_what_was_chosen_on_development_seeds() -> None:
     dev = load_config(EXAMPLES / "misconception_dev.yaml")
+    screen = load_config(EXAMPLES / "misconception_screen.yaml")
     confirm = load_config(EXAMPLES / "misconception_confirm.yaml")
-    assert dev.evidence == "development" and dev.seed_list() == list(range(10))
+    assert dev.evidence == screen.evidence == "development"
+    assert dev.seed_list() == list(range(10)) and screen.seed_list() == list(range(6))
     assert confirm.evidence == "confirmation"
     assert confirm.seed_list() == list(range(10_000, 10_020))
-    drop = {"evidence", "seeds"}
+    drop = {"evidence", "seeds", "controllers"}
     assert dev.model_dump(exclude=drop) == confirm.model_dump(exclude=drop)
+    assert screen.model_dump(exclude=drop) == confirm.model_dump(exclude=drop)
+    # Every controller it confirms was run on development seeds first.
+    developed = dev.controllers + screen.controllers
+    assert all(c in developed for c in confirm.controllers)
 
 
 def _finished_folder(out: Path, seeds: list[int]) -> None:

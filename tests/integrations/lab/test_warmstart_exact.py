@@ -173,7 +173,10 @@ def test_warm_starts_are_identical_under_every_cpu_kernel_and_thread_count(
 def test_every_shipped_warm_start_matches_its_checksum_and_accuracy() -> None:
     entries = manifest()
     documented = {file_name(demo_config().warm_start_config())}
-    for name in ("misconception_dev.yaml", "misconception_confirm.yaml", "compare_all.yaml"):
+    import runpy
+
+    script = runpy.run_path(str(EXAMPLES / "make_warm_starts.py"))
+    for name in script["DOCUMENTED_CONFIGS"]:
         from metactl.integrations.lab.config import load_config
 
         documented.add(file_name(load_config(EXAMPLES / name).warm_start_config()))
