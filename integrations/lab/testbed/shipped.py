@@ -3,9 +3,12 @@
 Every warm start a documented result starts from is here, so that it is the same model on
 every machine by construction (loading is exact), not only with the very high odds that
 the float64 recipe of :mod:`.exact` gives a rebuild. ``manifest.json`` holds, per file,
-the :class:`~.warmstart.WarmStartConfig` that made it (its recipe), the file's SHA-256 and
-the accuracies measured when it was made. ``python examples/make_warm_starts.py``
-rebuilds them, ``--check`` compares a rebuild with the shipped checksums.
+the :class:`~.warmstart.WarmStartConfig` that made it (its recipe), the file's SHA-256 (the
+integrity of the shipped bytes), the SHA-256 of its weights (:func:`weights_sha256`: what a
+rebuild must reproduce; a file's own bytes also hold safetensors' metadata, whose key order
+varies from process to process) and the accuracies measured when it was made.
+``python examples/make_warm_starts.py`` rebuilds them, ``--check`` compares a rebuild's
+weights with the shipped ones.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ def shipped_entry(cfg: WarmStartConfig) -> dict[str, Any] | None:
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def weights_sha256(model: Any) -> str:
+    """Hex SHA-256 of a model's weights: each state-dict entry's name then its bytes, by name."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_shipped(cfg: WarmStartConfig, entry: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -102,7 +114,12 @@ def save_shipped(cfg: WarmStartConfig, model: Any, meta: dict[str, Any]) -> dict
     SHIPPED_DIR.mkdir(exist_ok=True)
     path = write_model(cfg, model, SHIPPED_DIR / file_name(cfg))
     recorded = {k: v for k, v in meta.items() if k not in ("seconds", "cached")}
-    entry = {"config": asdict(cfg), "sha256": sha256(path), "meta": recorded}
+    entry = {
+        "config": asdict(cfg),
+        "sha256": sha256(path),
+        "weights_sha256": weights_sha256(model),
+        "meta": recorded,
+    }
     entries = manifest()
     entries[path.name] = entry
     MANIFEST.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")

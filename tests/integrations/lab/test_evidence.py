@@ -80,7 +80,7 @@ def test_the_confirmation_config_runs_what_was_chosen_on_development_seeds() -> 
     screen = load_config(EXAMPLES / "misconception_screen.yaml")
     confirm = load_config(EXAMPLES / "misconception_confirm.yaml")
     assert dev.evidence == screen.evidence == "development"
-    assert dev.seed_list() == list(range(10)) and screen.seed_list() == list(range(6))
+    assert dev.seed_list() == screen.seed_list() == list(range(6))
     assert confirm.evidence == "confirmation"
     assert confirm.seed_list() == list(range(10_000, 10_020))
     drop = {"evidence", "seeds", "controllers"}

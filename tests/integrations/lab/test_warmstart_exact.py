@@ -189,6 +189,7 @@ def test_every_shipped_warm_start_matches_its_checksum_and_accuracy() -> None:
         cfg = WarmStartConfig(**entry["config"])
         assert shipped_entry(cfg) == entry and file_name(cfg) == name
         model, meta = load_shipped(cfg, entry)
+        assert weights_hash(model) == entry["weights_sha256"], name  # what a rebuild must give
         fresh = make_model(tok, seed=cfg.seed, size=cfg.size)  # type: ignore[arg-type]
         assert set(model.state_dict()) == set(fresh.state_dict())
         assert not any(
