@@ -14,14 +14,15 @@ the best fixed temperature (``fixed`` runs), each the best by mean over the seed
 them finished: the headroom of docs/testbed.md. Picking both after the fact makes it lean
 optimistic when many schedules are tried.
 
-``--chosen-on DEV`` removes that optimism: the best fixed temperature and the best schedule
-are picked by their means on the development folder ``DEV`` and then measured on the
+``--chosen-on DEV`` (repeatable) removes that optimism: the best fixed temperature and the best
+schedule are picked by their means on the development folders ``DEV`` and then measured on the
 (confirmation) folders given, which must not hold development seeds. Each row then also
 gives the minimum detectable difference: the true paired difference that a two-sided 5% test
 on this many seeds would detect with 80% power, ``(t_0.975 + t_0.80) * sd / sqrt(n)`` with the
 observed standard deviation of the per-seed differences.
 
-    python examples/compare_paired.py runs/misconception-confirm --chosen-on runs/misconception-dev
+    python examples/compare_paired.py runs/misconception-confirm \\
+        --chosen-on runs/misconception-dev --chosen-on runs/misconception-screen
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Args:
     folders: list[str]
     baseline: str | None
     headroom: bool
-    chosen_on: str | None
+    chosen_on: list[str] | None
 
 
 def finished_runs(
@@ -112,10 +113,10 @@ def evidence_of(folder: str) -> set[str]:
     return {seed_evidence(run.seed) for run in list_runs(Path(folder)) if run.result is not None}
 
 
-def best_on(folder: str, metric: str) -> tuple[str, str]:
-    """The best fixed temperature and the best schedule of ``folder`` by mean ``metric``."""
+def best_on(folders: list[str], metric: str) -> tuple[str, str]:
+    """The best fixed temperature and the best schedule of ``folders`` by mean ``metric``."""
     kinds: dict[str, str] = {}
-    runs = finished_runs([folder], kinds)
+    runs = finished_runs(folders, kinds)
 
     def mean(label: str) -> float:
         return sum(v[metric] for v in runs[label].values()) / len(runs[label])
@@ -123,28 +124,29 @@ def best_on(folder: str, metric: str) -> tuple[str, str]:
     fixed = [label for label in runs if kinds[label] in FIXED_KINDS]
     schedules = [label for label in runs if kinds[label] in SCHEDULE_KINDS]
     if not fixed or not schedules:
-        raise SystemExit(f"compare_paired: {folder} needs fixed and schedule runs; have {kinds}")
+        raise SystemExit(f"compare_paired: {folders} need fixed and schedule runs; have {kinds}")
     return max(fixed, key=mean), max(schedules, key=mean)
 
 
-def chosen_on(dev: str, folders: list[str]) -> None:
-    """Every controller of ``folders`` against the fixed temperature that is best on ``dev``.
+def chosen_on(devs: list[str], folders: list[str]) -> None:
+    """Every controller of ``folders`` against the fixed temperature that is best on ``devs``.
 
-    The first row per metric is the headroom: the schedule best on ``dev`` minus that fixed
-    temperature, both measured on ``folders``.
+    The row marked ``headroom`` is the schedule best on ``devs`` minus that fixed temperature,
+    both measured on ``folders``.
     """
-    if evidence_of(dev) != {"development"}:
-        raise SystemExit(f"compare_paired --chosen-on: {dev} must hold development seeds only")
+    for dev in devs:
+        if evidence_of(dev) != {"development"}:
+            raise SystemExit(f"compare_paired --chosen-on: {dev} must hold development seeds only")
     for folder in folders:
         if "development" in evidence_of(folder):
             raise SystemExit(
                 f"compare_paired --chosen-on: {folder} holds development seeds; the choice "
                 "is measured on confirmation seeds only"
             )
-    finished_runs([dev, *folders])  # same settings, checked
+    finished_runs([*devs, *folders])  # same settings, checked
     runs = finished_runs(folders)
     for metric in ("auc", "final"):
-        base_label, schedule = best_on(dev, metric)
+        base_label, schedule = best_on(devs, metric)
         base = runs[base_label]
         for label, by_seed in runs.items():
             if label == base_label:
@@ -154,7 +156,7 @@ def chosen_on(dev: str, folders: list[str]) -> None:
                 "metric": metric,
                 "controller": label,
                 "baseline": base_label,
-                "chosen_on": dev,
+                "chosen_on": devs,
                 "headroom": label == schedule,
                 "seeds": sorted(set(by_seed) & set(base)),
                 "diff_pts": diff,
@@ -231,6 +233,9 @@ if __name__ == "__main__":
         "--headroom", action="store_true", help="best schedule minus best fixed temperature"
     )
     mode.add_argument(
-        "--chosen-on", metavar="DEV", help="baseline and schedule picked on development folder DEV"
+        "--chosen-on",
+        metavar="DEV",
+        action="append",
+        help="baseline and schedule picked on development folder DEV (repeat for several)",
     )
     main(Args(**vars(parser.parse_args())))

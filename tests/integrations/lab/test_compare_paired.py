@@ -154,3 +154,24 @@ def test_chosen_on_refuses_mixed_seed_kinds(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "holds development seeds" in proc.stderr
     proc = _run(str(tmp_path / "conf"), "--chosen-on", str(tmp_path / "conf"))
     assert proc.returncode != 0 and "must hold development seeds only" in proc.stderr
+
+
+def test_chosen_on_picks_across_several_development_folders(tmp_path: Path) -> None:
+    kinds = {"s1": "piecewise", "s2": "schedule"}
+    _folder(tmp_path / "dev", {"T=a": [0.5, 0.5], "T=b": [0.6, 0.6], "s2": [0.55, 0.55]}, kinds)
+    _folder(tmp_path / "screen", {"T=c": [0.58, 0.58], "s1": [0.7, 0.7]}, kinds)
+    confirm = {"T=b": [0.6, 0.6, 0.6], "s1": [0.61, 0.62, 0.63], "s2": [0.5, 0.5, 0.5]}
+    _folder(tmp_path / "confirm", confirm, kinds, first_seed=10_000)
+    proc = _run(
+        str(tmp_path / "confirm"),
+        "--chosen-on",
+        str(tmp_path / "dev"),
+        "--chosen-on",
+        str(tmp_path / "screen"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    auc = {r["controller"]: r for r in rows if r["metric"] == "auc"}
+    assert {r["baseline"] for r in rows} == {"T=b"}  # best fixed of both folders
+    assert [label for label, r in auc.items() if r["headroom"]] == ["s1"]  # from the screen
+    assert auc["s1"]["diff_pts"] == 1.0  # AUC = final / 2: [0.5, 1, 1.5] points
