@@ -7,16 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-from transformers.integrations import TensorBoardCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from metactl.errors import require
 
-from metactl.integrations.lab.config import CompareConfig
-from metactl.integrations.lab.probe import probe_rollouts
-from metactl.integrations.lab.rundir import METRICS_FILE, ROLLOUTS_FILE, append_jsonl
-from metactl.integrations.lab.testbed.tasks import Task
-from metactl.integrations.lab.testbed.warmstart import evaluate
-from metactl.metric_keys import TEMPERATURE, meta_key
+require("transformers", "lab")
+
+from transformers import TrainerCallback  # noqa: E402
+from transformers.integrations import TensorBoardCallback  # noqa: E402
+from transformers.trainer_callback import PrinterCallback, ProgressCallback  # noqa: E402
+
+from metactl.integrations.lab.config import CompareConfig  # noqa: E402
+from metactl.integrations.lab.probe import probe_rollouts  # noqa: E402
+from metactl.integrations.lab.rundir import METRICS_FILE, ROLLOUTS_FILE, append_jsonl  # noqa: E402
+from metactl.integrations.lab.testbed.tasks import Task  # noqa: E402
+from metactl.integrations.lab.testbed.warmstart import evaluate  # noqa: E402
+from metactl.metric_keys import TEMPERATURE, meta_key  # noqa: E402
 
 
 def _jsonable(v: Any) -> Any:
