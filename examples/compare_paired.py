@@ -15,8 +15,9 @@ them finished: the headroom of docs/testbed.md. Picking both after the fact make
 optimistic when many schedules are tried.
 
 ``--chosen-on DEV`` (repeatable) removes that optimism: the best fixed temperature and the best
-schedule are picked by their means on the development folders ``DEV`` and then measured on the
-(confirmation) folders given, which must not hold development seeds. Each row then also
+schedule are picked by their mean AUC on the development folders ``DEV``, and every controller
+of the (confirmation) folders given, which must not hold development seeds, is measured against
+that fixed temperature on AUC and on final accuracy. Each row then also
 gives the minimum detectable difference: the true paired difference that a two-sided 5% test
 on this many seeds would detect with 80% power, ``(t_0.975 + t_0.80) * sd / sqrt(n)`` with the
 observed standard deviation of the per-seed differences.
@@ -145,9 +146,12 @@ def chosen_on(devs: list[str], folders: list[str]) -> None:
             )
     finished_runs([*devs, *folders])  # same settings, checked
     runs = finished_runs(folders)
+    base_label, schedule = best_on(devs, "auc")  # the claims are on AUC
+    missing = [label for label in (base_label, schedule) if label not in runs]
+    if missing:
+        raise SystemExit(f"compare_paired --chosen-on: {folders} lack the picks {missing}")
+    base = runs[base_label]
     for metric in ("auc", "final"):
-        base_label, schedule = best_on(devs, metric)
-        base = runs[base_label]
         for label, by_seed in runs.items():
             if label == base_label:
                 continue
