@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 LAB_MODULES = ("pydantic", "yaml", "torch", "transformers", "trl", "datasets", "tokenizers")
 
 
+#: ``metactl demo``'s default ``--workers``: two runs at once where there are two cores.
+DEMO_WORKERS = min(2, os.cpu_count() or 1)
+
 def _default_out(kind: str) -> Path:
     return Path("metactl-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -278,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_small_count,
             default=1,
             help="runs trained at once, each in its own process with one torch thread "
-            "(default 1; up to the CPU cores)",
+            "(default 1, demo: up to 2; up to the CPU cores)",
         )
         p.add_argument(
             "--threads",
@@ -302,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="one seed (about 2 minutes)")
     run_options(demo)
+    # The demo is a first look: its runs train side by side on up to two cores (same results).
+    demo.set_defaults(workers=DEMO_WORKERS)
     demo.set_defaults(func=_cmd_demo)
 
     compare = sub.add_parser(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -732,6 +733,10 @@ def test_device_and_workers_flags() -> None:
     args = parser.parse_args(["compare", "c.yaml", "--device", "cpu", "--workers", "2"])
     assert args.device == "cpu" and args.workers == 2
     assert parser.parse_args(["demo"]).device == "auto"
+    from metactl.integrations.lab.cli import DEMO_WORKERS
+
+    assert parser.parse_args(["demo"]).workers == DEMO_WORKERS == min(2, os.cpu_count() or 1)
+    assert parser.parse_args(["compare", "c.yaml"]).workers == 1
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--workers", "0"])
 
