@@ -32,6 +32,7 @@ LAB_MODULES = ("pydantic", "yaml", "torch", "transformers", "trl", "datasets", "
 #: ``metactl demo``'s default ``--workers``: two runs at once where there are two cores.
 DEMO_WORKERS = min(2, os.cpu_count() or 1)
 
+
 def _default_out(kind: str) -> Path:
     return Path("metactl-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
