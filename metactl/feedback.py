@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from metactl._validate import MAX_MAGNITUDE, bounded, real, real_array
 
@@ -84,11 +84,23 @@ class Counterfactual:
             a shift.
         advantages: ``[N]`` the rollouts' advantages (e.g. GRPO's group-normalised
             rewards, or PPO's per-step GAE advantages), each ``|A_i| <= 1e100``.
+        rewards: optional ``[N]`` the rollouts' raw rewards (``|r_i| <= 1e100``), for
+            signals that need more than advantages (e.g. which prompt groups are solved).
+        groups: optional ``[N]`` non-negative integer id of each rollout's prompt group
+            (rollouts of one prompt share an id).
+        lengths: optional ``[N]`` positive number of scored tokens of each rollout, so that
+            ``loglik[i, j] * lengths[i]`` is the rollout's total log-likelihood at arm ``j``.
+
+    A controller that needs an optional field raises ``ValueError`` naming it when it is
+    missing. The TRL round, the SB3 callback and the lab fill all three.
     """
 
     decision: Decision
     loglik: FloatArray
     advantages: FloatArray
+    rewards: FloatArray | None = None
+    groups: NDArray[np.int64] | None = None
+    lengths: FloatArray | None = None
 
     def __post_init__(self) -> None:
         d = _check_decision("Counterfactual.decision", self.decision)
@@ -109,8 +121,51 @@ class Counterfactual:
                 f"Counterfactual.advantages: shape {adv.shape} does not match loglik's "
                 f"{n} rows (expected ({n},))"
             )
+        rewards = (
+            None
+            if self.rewards is None
+            else _readonly(_rows("rewards", self.rewards, n, limit=MAX_MAGNITUDE))
+        )
+        groups = None if self.groups is None else _readonly(_group_ids(self.groups, n))
+        lengths = None if self.lengths is None else _readonly(_lengths(self.lengths, n))
         object.__setattr__(self, "loglik", loglik)
         object.__setattr__(self, "advantages", adv)
+        object.__setattr__(self, "rewards", rewards)
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "lengths", lengths)
+
+
+def _rows(field_name: str, value: ArrayLike, n: int, *, limit: float | None = None) -> FloatArray:
+    """An optional per-rollout field of Counterfactual: ``[N]`` finite floats."""
+    name = f"Counterfactual.{field_name}"
+    arr = real_array(name, value, 1, limit=limit)
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{name}: shape {arr.shape} does not match loglik's {n} rows (expected ({n},))"
+        )
+    return arr
+
+
+def _group_ids(value: ArrayLike, n: int) -> NDArray[np.int64]:
+    arr = _rows("groups", value, n)
+    if np.any(arr < 0) or np.any(arr != np.floor(arr)) or np.any(arr > 2**53):
+        at = int(np.argwhere((arr < 0) | (arr != np.floor(arr)) | (arr > 2**53))[0, 0])
+        raise ValueError(
+            f"Counterfactual.groups: expected non-negative integer group ids, got {float(arr[at])} "
+            f"at index {at}"
+        )
+    return arr.astype(np.int64)
+
+
+def _lengths(value: ArrayLike, n: int) -> FloatArray:
+    arr = _rows("lengths", value, n, limit=MAX_MAGNITUDE)
+    if np.any(arr <= 0):
+        at = int(np.argwhere(arr <= 0)[0, 0])
+        raise ValueError(
+            f"Counterfactual.lengths: each rollout's scored-token count must be > 0, got "
+            f"{float(arr[at])} at index {at}"
+        )
+    return arr
 
 
 @dataclass(frozen=True, eq=False)
