@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
+import reprlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from metactl._validate import real
 
 FloatArray = NDArray[np.float64]
 
@@ -21,6 +25,38 @@ FloatArray = NDArray[np.float64]
 def _fingerprint(description: dict[str, Any]) -> str:
     text = json.dumps(description, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _arm_values(values: object) -> FloatArray:
+    """``values`` as a non-empty 1-D float64 array, or ``ValueError`` naming the bad value.
+
+    Real numbers only: strings, ``None``, booleans and complex numbers are refused, never
+    converted (``float("1")`` or ``True -> 1.0`` would hide a mistake).
+    """
+    name = "Discrete(values)"
+    try:
+        raw = np.asarray(values)
+    except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
+        raise ValueError(
+            f"{name}: expected a 1-D sequence of real numbers, got {reprlib.repr(values)} ({exc})"
+        ) from exc
+    if raw.ndim != 1 or raw.size == 0:
+        raise ValueError(
+            f"{name}: expected a non-empty 1-D sequence of real numbers, got "
+            f"{reprlib.repr(values)} (shape {raw.shape})"
+        )
+    for i, value in enumerate(raw.tolist()):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(
+                f"{name}: every value must be a real number, got {value!r} at index {i} "
+                f"in {reprlib.repr(values)}"
+            )
+    try:
+        return np.array([float(v) for v in raw.tolist()], dtype=np.float64)
+    except OverflowError as exc:  # an int beyond the float range
+        raise ValueError(
+            f"{name}: a value is too large for a float, got {reprlib.repr(values)} ({exc})"
+        ) from exc
 
 
 class Discrete:
@@ -33,11 +69,7 @@ class Discrete:
     """
 
     def __init__(self, values: Sequence[float] | ArrayLike) -> None:
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.ndim != 1 or arr.size == 0:
-            raise ValueError(
-                f"Discrete(values): expected a non-empty 1-D sequence, got shape {arr.shape}"
-            )
+        arr = _arm_values(values)
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"Discrete(values): every value must be finite, got {arr.tolist()}")
         if np.unique(arr).size != arr.size:
@@ -89,9 +121,9 @@ class Box:
     """
 
     def __init__(self, low: float, high: float, log: bool = False) -> None:
-        low_f, high_f = float(low), float(high)
-        if not (math.isfinite(low_f) and math.isfinite(high_f)):
-            raise ValueError(f"Box(low, high): bounds must be finite, got low={low}, high={high}")
+        low_f, high_f = real("Box(low)", low), real("Box(high)", high)
+        if not isinstance(log, (bool, np.bool_)):
+            raise ValueError(f"Box(log): expected True or False, got {log!r}")
         if not low_f < high_f:
             raise ValueError(f"Box(low, high): need low < high, got low={low}, high={high}")
         if log and low_f <= 0:

@@ -56,3 +56,46 @@ def test_fingerprints_differ_and_are_stable() -> None:
 def test_repr_is_readable_and_rebuilds_the_space(space: mc.Space, text: str) -> None:
     assert repr(space) == text
     assert eval(text, vars(mc)) == space
+
+
+@pytest.mark.parametrize(
+    ("build", "named"),
+    [
+        # issue 24: these six gave numpy's or float()'s message, naming neither argument nor value
+        (lambda: mc.Discrete(["a", "b"]), r"Discrete\(values\): .*got 'a' at index 0"),
+        (lambda: mc.Box("a", 1), r"Box\(low\): expected a real number, got 'a'"),
+        (lambda: mc.Box(None, 1), r"Box\(low\): expected a real number, got None"),
+        (lambda: mc.Box(0.5, None), r"Box\(high\): expected a real number, got None"),
+        (lambda: mc.Box(0.5, "2"), r"Box\(high\): expected a real number, got '2'"),
+        (
+            lambda: mc.Discrete([[1.0, 2.0], [3.0]]),
+            r"Discrete\(values\): .*got \[\[1\.0, 2\.0\], \[3\.0\]\]",
+        ),
+        # ... and what was silently converted: booleans, complex numbers, None, a string log flag
+        (lambda: mc.Box(True, 2), r"Box\(low\): expected a real number, got the bool True"),
+        (lambda: mc.Box(0.5, 1 + 2j), r"Box\(high\): expected a real number, got \(1\+2j\)"),
+        (lambda: mc.Box([0.5], 2), r"Box\(low\): expected a real number, got \[0\.5\]"),
+        (lambda: mc.Box(0.3, 3.0, log="no"), r"Box\(log\): expected True or False, got 'no'"),
+        (lambda: mc.Discrete([True, False]), r"Discrete\(values\): .*got True at index 0"),
+        (lambda: mc.Discrete([0.5, None]), r"Discrete\(values\): .*got None at index 1"),
+        (lambda: mc.Discrete([1 + 2j]), r"Discrete\(values\): .*got \(1\+2j\) at index 0"),
+        (lambda: mc.Discrete(None), r"Discrete\(values\): .*got None \(shape \(\)\)"),
+        (lambda: mc.Discrete({0.5, 1.0}), r"Discrete\(values\): .*got \{0\.5, 1\.0\}"),
+        (lambda: mc.Discrete("ab"), r"Discrete\(values\): .*got 'ab'"),
+        (
+            lambda: mc.Discrete([10**400]),
+            r"Discrete\(values\): .*too large for a float, got \[1000",
+        ),
+        (lambda: mc.Box(0.5, float("inf")), r"Box\(high\): must be finite, got inf"),
+        (lambda: mc.Box(float("nan"), 1), r"Box\(low\): must be finite, got nan"),
+    ],
+)
+def test_every_space_error_names_the_argument_and_the_value(build, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        build()
+
+
+def test_spaces_still_take_any_real_numbers() -> None:
+    assert mc.Discrete(np.array([1, 2], dtype=np.int32)) == mc.Discrete([1.0, 2.0])
+    assert mc.Discrete(range(3)).values.tolist() == [0.0, 1.0, 2.0]
+    assert mc.Box(np.float32(0.5), np.int64(2), log=np.bool_(True)) == mc.Box(0.5, 2.0, log=True)

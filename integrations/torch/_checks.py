@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from metactl.temperature import FP32_MAX, is_temperature, temperature_rule
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -41,7 +43,11 @@ def check_float(t: Tensor, name: str) -> None:
 def check_tokens_mask(
     tokens: Tensor, mask: Tensor | None, lead: tuple[int, ...], source: str
 ) -> None:
-    """Raise unless ``tokens`` (integer) and ``mask`` have shape ``lead`` (the leading dims of ``source``)."""
+    """Raise unless ``tokens`` (integer) and ``mask`` have shape ``lead`` (the leading dims of ``source``).
+
+    ``mask`` must hold only 0 and 1 (bool, integer or float; one host sync): a -1, a 2 or a NaN
+    is refused naming its position rather than silently taken as "scored".
+    """
     if not isinstance(tokens, Tensor):
         raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
     if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
@@ -56,6 +62,20 @@ def check_tokens_mask(
         raise ValueError(
             f"mask must have the shape of tokens {shape(tokens)} (and {source}), got {shape(mask)}"
         )
+    if mask.dtype == torch.bool:
+        return
+    if mask.is_complex():
+        raise ValueError(
+            f"mask must be a bool, integer or float tensor of 0 and 1, got {mask.dtype}"
+        )
+    # NaN != 0 and NaN != 1: a NaN is refused too, never taken as "scored".
+    not_binary = (mask != 0) & (mask != 1)
+    if bool(not_binary.any()):
+        at = tuple(int(i) for i in not_binary.nonzero()[0])
+        raise ValueError(
+            f"mask must hold only 0 and 1 (1 = scored), got {mask[at].item()!r} at {at} "
+            f"({int(not_binary.sum())} such entries)"
+        )
 
 
 def check_sequence_logits(logits: Tensor, tokens: Tensor, mask: Tensor) -> None:
@@ -67,7 +87,11 @@ def check_sequence_logits(logits: Tensor, tokens: Tensor, mask: Tensor) -> None:
 
 
 def inverse_temperatures(temperatures: Sequence[float] | Tensor) -> list[float]:
-    """``[1 / T_1, ..., 1 / T_K]`` as Python floats, after checking every ``T_k`` is finite and > 0."""
+    """``[1 / T_1, ..., 1 / T_K]`` as Python floats, after checking every ``T_k`` is a temperature.
+
+    That is, in ``metactl.temperature.TEMPERATURE_RANGE`` (``[0.01, 100]``), the one rule for
+    every temperature metactl samples or scores at.
+    """
     if isinstance(temperatures, Tensor):
         if temperatures.dim() != 1:
             raise ValueError(f"temperatures must be 1-D [K], got shape {shape(temperatures)}")
@@ -79,9 +103,9 @@ def inverse_temperatures(temperatures: Sequence[float] | Tensor) -> list[float]:
             raise ValueError(f"temperatures must be a 1-D sequence of numbers: {err}") from None
     if not values:
         raise ValueError("temperatures must hold at least one temperature, got K = 0")
-    bad = [t for t in values if not (math.isfinite(t) and t > 0.0)]
+    bad = [t for t in values if not is_temperature(t)]
     if bad:
-        raise ValueError(f"temperatures must be finite and > 0, got {bad} in {values}")
+        raise ValueError(f"temperatures must lie {temperature_rule()}, got {bad} in {values}")
     return [1.0 / t for t in values]
 
 
@@ -97,19 +121,76 @@ def check_tokens_in_vocab(scored_tokens: Tensor, vocab_size: int) -> None:
         )
 
 
-def check_finite_rows(values: Tensor, positions: Tensor | None = None) -> None:
-    """Raise if a row of ``values`` ``[N, K]`` is not finite (NaN or inf in the logits upstream).
+def check_finite_rows(
+    values: Tensor,
+    positions: Tensor | None = None,
+    explain: Callable[[int, list[int]], str] | None = None,
+) -> None:
+    """Raise if a row of ``values`` ``[N, K]`` is not finite, saying why.
 
     Args:
         values: per-token log-probabilities of the scored tokens.
         positions: optional ``[N, D]`` positions of those tokens, used in the message.
+        explain: optional ``(row, columns) -> message``: why row ``row`` is not finite at the
+            temperatures of ``columns`` (see :func:`why_not_finite`).
     """
     finite = torch.isfinite(values).all(dim=-1)
     if bool(finite.all()):
         return
     first = int((~finite).nonzero()[0, 0])
     at = tuple(positions[first].tolist()) if positions is not None else first
+    count = int((~finite).sum())
+    if explain is not None:
+        columns = [int(k) for k in (~torch.isfinite(values[first])).nonzero()[:, 0]]
+        raise ValueError(f"{explain(first, columns)} ({count} scored tokens affected)")
     raise ValueError(
-        f"logits hold NaN or inf at scored positions ({int((~finite).sum())} scored tokens "
+        f"logits hold NaN or inf at scored positions ({count} scored tokens "
         f"affected, first at {at}); their log-likelihood would not be finite"
+    )
+
+
+def why_not_finite(
+    row: Tensor,
+    token: int,
+    at: tuple[int, ...],
+    temperatures: Sequence[float],
+    name: str = "logits",
+) -> str:
+    """Why ``log softmax(row / T)[token]`` is not finite in fp32 at ``temperatures``, for a message.
+
+    The scores are computed in fp32 and are finite for every row of logits in their domain: no
+    NaN or +inf, no -inf at the scored token (-inf elsewhere, a top-k mask, is fine), every value
+    within fp32 (``|z| <= 3.4e38``, which matters for fp64 logits), and a log-probability
+    ``-(max z - z_o) / T - log sum ...`` that fp32 can hold.
+
+    Args:
+        row: ``[V]`` the logits of one scored position, in their own dtype.
+        token: the scored token id.
+        at: the position, for the message.
+        temperatures: the temperatures at which the score is not finite.
+        name: what the row is, for the message (``"logits"``).
+    """
+    values = row.detach().double().cpu()
+    where = f"scored position {at}"
+    nan = values.isnan().nonzero()
+    if nan.numel():
+        return f"{name} hold NaN at {where} (vocabulary index {int(nan[0, 0])})"
+    pos_inf = values.isposinf().nonzero()
+    if pos_inf.numel():
+        return f"{name} hold +inf at {where} (vocabulary index {int(pos_inf[0, 0])})"
+    target = float(values[token])
+    if target == -math.inf:
+        return f"{name} hold -inf at the scored token {token} of {where}: its probability is 0"
+    huge = (values.abs() > FP32_MAX) & values.isfinite()
+    if huge.any():
+        v = int(huge.nonzero()[0, 0])
+        return (
+            f"{name} hold {float(values[v])!r} at {where} (vocabulary index {v}), beyond the "
+            f"fp32 range (|z| <= {FP32_MAX:.4g}) in which the scores are computed"
+        )
+    gap = float(values.max()) - target
+    return (
+        f"{name} at {where} put the scored token {token} {gap:.4g} below the row's maximum, so "
+        f"its log-probability at temperature(s) {list(temperatures)} (about {-gap / min(temperatures):.4g}) "
+        f"lies beyond fp32 (>= {-FP32_MAX:.4g}); rescale the logits"
     )

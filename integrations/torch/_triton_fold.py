@@ -58,6 +58,7 @@ import triton.language as tl
 from torch import Tensor
 
 from metactl.integrations.torch._dispatch import interpreting
+from metactl.integrations.torch._fp32 import scaled_gap
 
 __all__ = ["BLOCK_V", "NUM_WARPS", "TritonFold"]
 
@@ -257,4 +258,4 @@ class TritonFold:
 
     def log_probs(self) -> Tensor:
         """``[P, K]`` fp32: ``beta_k (z_o - m) - log s_k`` from the columns folded so far."""
-        return (self.target - self.max)[:, None] * self.betas - self.sums.log()
+        return scaled_gap(self.target, self.max, self.betas) - self.sums.log()

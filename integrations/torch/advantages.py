@@ -27,24 +27,49 @@ def grpo_advantages(
         scale: ``"group"`` divides by each group's std, ``"batch"`` by the std of all ``N``
             rewards (TRL's ``scale_rewards="batch"``), ``"none"`` does not divide.
 
+    Computed in float64 (any finite rewards, even near the float32 maximum, give finite
+    advantages), returned in the dtype of ``rewards``.
+
     Returns:
         ``[N]`` advantages in the float dtype of ``rewards``, detached. A group whose rewards
         are all equal gets exactly 0.
 
     Raises:
         ValueError: ``rewards`` not 1-D or empty or non-finite, ``group_size`` not a positive
-            divisor of ``N``, ``eps`` negative or non-finite, unknown ``scale``.
+            divisor of ``N``, ``eps`` negative or non-finite, unknown ``scale``; with
+            ``scale="none"``, an advantage ``r - mean`` beyond the dtype of ``rewards``.
     """
     r = _check(rewards, group_size, eps, scale)
-    grouped = r.view(-1, group_size)
+    # In float64: a float32 mean (or std) of rewards near 3.4e38 overflows, although every
+    # advantage is of order 1; float64 holds every sum and square of float32 (or float16) rewards.
+    r64 = r.double()
+    grouped = r64.view(-1, group_size)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     constant = (grouped == grouped[:, :1]).all(dim=1, keepdim=True).expand_as(grouped).reshape(-1)
-    centred = torch.where(constant, torch.zeros_like(r), centred.reshape(-1))
+    centred = torch.where(constant, torch.zeros_like(r64), centred.reshape(-1))
     if scale == "none":
-        return centred
-    std = _std(grouped, dim=1).repeat_interleave(group_size) if scale == "group" else _std(r)
+        return _in_dtype(centred, r.dtype)
+    std = _std(grouped, dim=1).repeat_interleave(group_size) if scale == "group" else _std(r64)
     # An all-equal group is exactly 0, also when its std + eps is 0 (eps = 0): never 0 / 0.
-    return torch.where(constant, centred, centred / (std + eps))
+    return _in_dtype(torch.where(constant, centred, centred / (std + eps)), r.dtype)
+
+
+def _in_dtype(advantages: Tensor, dtype: torch.dtype) -> Tensor:
+    """``advantages`` (float64) in ``dtype``, or ``ValueError`` if one overflows it.
+
+    Only ``scale="none"`` can overflow: ``r - mean`` of float32 rewards reaches 6.8e38. A
+    scaled advantage is at most ``sqrt(N)`` in absolute value.
+    """
+    out = advantages.to(dtype)
+    overflow = ~torch.isfinite(out)
+    if bool(overflow.any()):
+        i = int(overflow.nonzero()[0, 0])
+        raise ValueError(
+            f"rewards: the advantage at index {i} is {float(advantages[i]):.4g}, not finite in "
+            f"{dtype} (scale='none' does not divide by the std); pass float64 rewards or scale "
+            "them down"
+        )
+    return out
 
 
 def _std(x: Tensor, dim: int | None = None) -> Tensor:

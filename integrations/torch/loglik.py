@@ -34,8 +34,10 @@ from metactl.integrations.torch._checks import (
     check_tokens_mask,
     inverse_temperatures,
     shape,
+    why_not_finite,
 )
 from metactl.integrations.torch._dispatch import Implementation, resolve_implementation
+from metactl.integrations.torch._fp32 import scaled_gap
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -110,15 +112,17 @@ def _rows_logp(
     d, buf = _workspace(rows, logits.shape[1], logits.device) if workspace is None else workspace
     d, buf = d[:rows], buf[:rows]
     m = logits.amax(dim=-1, keepdim=True).float()  # exact in any dtype
-    torch.sub(logits, m, out=d)  # z - m <= 0, in fp32
-    d_o = d.gather(-1, tokens[:, None])  # [c, 1]
+    # z - m <= 0 in fp32; -inf where the row spans more than fp32 holds, a term exp(-inf) = 0
+    # that is exactly 0 at any beta >= 0.01 anyway
+    torch.sub(logits, m, out=d)
     log_norm = torch.empty(rows, len(betas), dtype=d.dtype, device=d.device)
     for k, beta in enumerate(betas):
         torch.mul(d, beta, out=buf).exp_()
         torch.sum(buf, dim=-1, out=log_norm[:, k])
     log_norm.log_()
     beta_row = torch.tensor(betas, dtype=d.dtype, device=d.device)
-    return d_o * beta_row - log_norm
+    z_o = logits.gather(-1, tokens[:, None])[:, 0].float()
+    return scaled_gap(z_o, m[:, 0], beta_row) - log_norm
 
 
 def _map_chunks(
@@ -221,7 +225,12 @@ def chunk_temperature_loglik(
     if scored is not None:
         out = torch.where(scored[:, None], out, torch.zeros_like(out))
     if validate:
-        check_finite_rows(out)
+
+        def explain(i: int, columns: list[int]) -> str:
+            at = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), lead)) if lead else ()
+            return why_not_finite(rows[i], int(ids[i]), at, [1 / betas[k] for k in columns])
+
+        check_finite_rows(out, explain=explain)
     return out.reshape(*lead, len(betas))
 
 
@@ -279,9 +288,16 @@ def temperature_loglik(
     b, t = _scored_positions(mask)
     ids = tokens[b, t].long()
     check_tokens_in_vocab(ids, vocab)
+
+    def explain(i: int, columns: list[int]) -> str:
+        row = logits[b[i], t[i]]
+        return why_not_finite(
+            row, int(ids[i]), (int(b[i]), int(t[i])), [1 / betas[k] for k in columns]
+        )
+
     if impl == "triton":
         per_token = _triton_scored_logp(logits, b, t, ids, betas)
-        check_finite_rows(per_token, torch.stack([b, t], dim=1))
+        check_finite_rows(per_token, explain=explain)
         return _reduce(per_token, b, t, batch, length, reduction)
     size = chunk_size or default_chunk_size(vocab, ids.numel())
 
@@ -291,7 +307,7 @@ def temperature_loglik(
         return _rows_logp(logits[b[i:j], t[i:j]], ids[i:j], betas, work)
 
     per_token = _map_chunks(ids.numel(), size, len(betas), rows_logp, logits.device)
-    check_finite_rows(per_token, torch.stack([b, t], dim=1))
+    check_finite_rows(per_token, explain=explain)
     return _reduce(per_token, b, t, batch, length, reduction)
 
 
@@ -340,7 +356,7 @@ def temperature_loglik_from_hidden(
     check_tokens_mask(tokens, mask, shape(hidden)[:2], f"hidden {shape(hidden)}")
     check_reduction(reduction)
     check_chunk_size(chunk_size)
-    inverse_temperatures(temperatures)  # validate before any work
+    betas = inverse_temperatures(temperatures)  # validate before any work
     resolve_implementation(implementation, hidden.device)
     batch, length, _ = hidden.shape
     vocab = weight.shape[0]
@@ -356,7 +372,20 @@ def temperature_loglik_from_hidden(
         token_chunk=chunk_size,
         implementation=implementation,
     )
-    check_finite_rows(per_token, torch.stack([b, t], dim=1))
+
+    def explain(i: int, columns: list[int]) -> str:
+        # the one row of logits, projected as the LM head would (for the message only)
+        h = hidden[b[i], t[i]][None]
+        row = F.linear(h, weight, bias)[0]
+        return why_not_finite(
+            row,
+            int(ids[i]),
+            (int(b[i]), int(t[i])),
+            [1 / betas[k] for k in columns],
+            name="the logits hidden @ weight.T + bias",
+        )
+
+    check_finite_rows(per_token, explain=explain)
     return _reduce(per_token, b, t, batch, length, reduction)
 
 
@@ -592,8 +621,11 @@ class OnlineTemperatureLogSoftmax:
         picked = z.gather(1, (o - vocab_start).clamp(0, cols - 1)[:, None])[:, 0]
         self.target[rows] = torch.where(in_tile, picked, self.target[rows])
         m_new = torch.maximum(m, z.amax(dim=1))
-        sums.mul_(torch.exp((m - m_new)[:, None] * self._beta_row))  # exp(-inf) = 0 at first
-        z.sub_(m_new[:, None])
+        # a row masked to -inf so far leaves m' = -inf: shift it by 0 instead, since
+        # -inf - (-inf) would be NaN (its terms are exp(-inf) = 0 and its sums stay 0)
+        shift = torch.where(m_new == -torch.inf, 0.0, m_new)
+        sums.mul_(torch.exp((m - shift)[:, None] * self._beta_row))  # exp(-inf) = 0 at first
+        z.sub_(shift[:, None])
         if self._buf.numel() < z.numel():
             self._buf = torch.empty(z.numel(), dtype=torch.float32, device=z.device)
         tile = self._buf[: z.numel()].view_as(z)
@@ -603,7 +635,7 @@ class OnlineTemperatureLogSoftmax:
 
     def log_probs(self) -> Tensor:
         """``[rows, K]`` fp32 log-probabilities of the tokens from the tiles folded so far."""
-        return (self.target - self.max)[:, None] * self._beta_row - self.sums.log()
+        return scaled_gap(self.target, self.max, self._beta_row) - self.sums.log()
 
 
 def _check_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:

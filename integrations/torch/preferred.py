@@ -25,6 +25,7 @@ from metactl.integrations.torch._checks import (
     check_tokens_in_vocab,
 )
 from metactl.integrations.torch.loglik import default_chunk_size
+from metactl.temperature import is_temperature, temperature_rule
 
 __all__ = ["preferred_temperature"]
 
@@ -92,7 +93,8 @@ def preferred_temperature(
         logits: ``[B, L, V]`` logits, any float dtype; computation is in fp32.
         tokens: ``[B, L]`` integer ids (any id at unscored positions).
         mask: ``[B, L]``, non-zero = scored.
-        bounds: ``(low, high)`` temperatures, ``0 < low < high``, finite.
+        bounds: ``(low, high)`` temperatures, ``low < high``, both in
+            ``metactl.temperature.TEMPERATURE_RANGE`` (``[0.01, 100]``).
         chunk_size: scored tokens per chunk (default as in :func:`temperature_loglik`).
 
     Returns:
@@ -183,13 +185,16 @@ def _why_not_finite(logits: Tensor, b: Tensor, t: Tensor, ids: Tensor, size: int
 
 
 def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
-    """``(low, high)`` as floats, after checking ``0 < low < high < inf``."""
+    """``(low, high)`` as floats, after checking ``low < high``, both in ``TEMPERATURE_RANGE``."""
     try:
         low, high = (float(x) for x in bounds)
     except (TypeError, ValueError):
         raise ValueError(
             f"bounds must be a pair (low, high) of temperatures, got {bounds!r}"
         ) from None
-    if not (0.0 < low < high and math.isfinite(high)):
-        raise ValueError(f"bounds must satisfy 0 < low < high < inf, got {bounds!r}")
+    if not (is_temperature(low) and is_temperature(high) and low < high):
+        raise ValueError(
+            f"bounds must satisfy low < high, both temperatures {temperature_rule()}, "
+            f"got {bounds!r}"
+        )
     return low, high

@@ -339,11 +339,7 @@ class BaseController(ABC):
         for name, value in counters.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"load_state_dict: {name} must be an int >= 0, got {value!r}")
-        if counters["fresh_from"] > counters["step"]:
-            raise ValueError(
-                f"load_state_dict: fresh_from must be <= step ({counters['step']}), got "
-                f"{counters['fresh_from']!r}"
-            )
+        _check_counters(counters, refuses_stale=self.refuses_stale)
         seed_entropy = state.get("seed_entropy")
         if seed_entropy is not None and (
             not isinstance(seed_entropy, int) or isinstance(seed_entropy, bool) or seed_entropy < 0
@@ -361,6 +357,7 @@ class BaseController(ABC):
             bad = first_non_finite("params", _jsonable(self._params()))
             if bad is not None:
                 raise ValueError(f"{bad}: must be finite")
+            self._check_params_against(counters["updates"])
         except KeyError as exc:
             self._load_params(saved_params)
             raise ValueError(
@@ -396,6 +393,47 @@ class BaseController(ABC):
     @abstractmethod
     def _load_params(self, params: Mapping[str, Any]) -> None:
         """Set the learnable state; raise ValueError on wrong shapes."""
+
+    # A hook with a default (most controllers keep no counters in their params), not abstract.
+    def _check_params_against(self, updates: int) -> None:  # noqa: B027
+        """Raise ``ValueError`` naming the field if the loaded params count more than ``updates`` allow.
+
+        Called by :meth:`load_state_dict` after :meth:`_load_params` (whose params it restores
+        on failure); a controller with counters in its params (Adam's steps, observations)
+        overrides it.
+        """
+
+
+def _check_counters(counters: Mapping[str, int], *, refuses_stale: bool) -> None:
+    """Refuse saved counters that no sequence of calls could have produced, naming the field.
+
+    ``step`` counts decisions, ``updates`` accepted feedback batches, ``fresh_from`` the step of
+    the last update (feedback is taken on decisions from it on). So ``fresh_from <= step``; a
+    controller that refuses stale feedback learns from at least one new decision per update, so
+    ``updates <= fresh_from``; an open-loop one (``Fixed``, ``Schedule``) may take feedback on
+    the same decision again and again, but only on a decision it made: ``updates > 0`` needs
+    ``fresh_from >= 1``.
+    """
+    step, updates, fresh_from = counters["step"], counters["updates"], counters["fresh_from"]
+    if fresh_from > step:
+        raise ValueError(
+            f"load_state_dict: fresh_from must be <= step ({step}), got {fresh_from!r}"
+        )
+    if refuses_stale and updates > step:
+        raise ValueError(
+            f"load_state_dict: updates must be <= step ({step}), got {updates!r}: each update "
+            "learns from at least one decision made since the previous one"
+        )
+    if refuses_stale and updates > fresh_from:
+        raise ValueError(
+            f"load_state_dict: updates must be <= fresh_from ({fresh_from}), got {updates!r}: "
+            "each update learns from at least one decision made since the previous one"
+        )
+    if updates > 0 and fresh_from < 1:
+        raise ValueError(
+            f"load_state_dict: updates is {updates!r} but step is {step} and fresh_from "
+            f"{fresh_from}: feedback is taken only on a decision the controller made"
+        )
 
 
 def check_shape(

@@ -16,6 +16,7 @@ from metactl.controllers.base import BaseController, Metrics
 from metactl.feedback import Counterfactual, EntropyObservation, Feedback, Outcome, Outcomes
 from metactl.metric_keys import prob_key
 from metactl.spaces import Box, Discrete, Space
+from metactl.temperature import space_outside_range, temperature_rule
 
 ALL_FEEDBACK: tuple[type, ...] = (Counterfactual, Outcome, Outcomes, EntropyObservation)
 
@@ -146,6 +147,20 @@ class SlidingWindowUCB(BaseController):
             )
         self._arms, self._rewards = arms, rewards
 
+    def _check_params_against(self, updates: int) -> None:
+        # Every update adds at least one outcome to the window, and nothing else does.
+        if len(self._arms) < min(updates, self.window):
+            raise ValueError(
+                f"params.window_arms: {updates} updates each added at least one outcome, so the "
+                f"window must hold at least min(updates, window) = {min(updates, self.window)}, "
+                f"got {len(self._arms)}"
+            )
+        if updates == 0 and self._arms:
+            raise ValueError(
+                f"params.window_arms: must be empty before the first update (updates = 0), "
+                f"got {len(self._arms)} outcomes"
+            )
+
 
 class _OpenLoop(BaseController):
     """A controller whose value does not depend on feedback; every feedback is a valid no-op."""
@@ -184,6 +199,10 @@ class Fixed(_OpenLoop):
 
     def __init__(self, value: float, *, space: Space | None = None) -> None:
         value = real("Fixed(value)", value)
+        if space is not None and not isinstance(space, (Discrete, Box)):
+            raise TypeError(
+                f"Fixed(space): expected metactl.Discrete, metactl.Box or None, got {space!r}"
+            )
         space = Discrete([value]) if space is None else space
         if not space.contains(value):
             raise ValueError(f"Fixed(value): {value} is not in {space}")
@@ -221,6 +240,8 @@ class Schedule(_OpenLoop):
         steps: int | None = None,
         boundaries: Sequence[int] = (),
     ) -> None:
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+            raise ValueError(f"Schedule(values): expected a sequence of numbers, got {values!r}")
         vals = [real(f"Schedule(values[{i}])", v) for i, v in enumerate(values)]
         if kind in ("linear", "cosine"):
             if len(vals) != 2:
@@ -307,7 +328,8 @@ class EntropyTarget(BaseController):
         ctl.update(mc.EntropyObservation(d, entropy=mean_token_entropy))
 
     Args:
-        space: a Box of allowed temperatures (positive).
+        space: a Box of allowed temperatures, inside ``metactl.temperature.TEMPERATURE_RANGE``
+            (``[0.01, 100]``).
         vocab_size: V, the vocabulary size (>= 2).
         target: H_target in nats, or None to set it from the first observations.
         warmup: how many observations define the target when ``target`` is None.
@@ -331,8 +353,12 @@ class EntropyTarget(BaseController):
             raise TypeError(
                 f"EntropyTarget(space): needs a metactl.Box of temperatures, got {space!r}"
             )
-        if space.low <= 0:
-            raise ValueError(f"EntropyTarget(space): temperatures must be > 0, got low={space.low}")
+        outside = space_outside_range(space)
+        if outside is not None:
+            raise ValueError(
+                f"EntropyTarget(space): its bounds are sampling temperatures and must lie "
+                f"{temperature_rule()}; got {outside}"
+            )
         vocab_size = integer("EntropyTarget(vocab_size)", vocab_size, minimum=2)
         warmup = integer("EntropyTarget(warmup)", warmup, minimum=1)
         if target is not None:
@@ -420,3 +446,11 @@ class EntropyTarget(BaseController):
         self._temperature = t
         self._target = target
         self._observed = observed
+
+    def _check_params_against(self, updates: int) -> None:
+        # Each warm-up update records one observation, and the warm-up ends after ``warmup``.
+        if len(self._observed) > min(updates, self.warmup):
+            raise ValueError(
+                f"params.observed: one observation per warm-up update, so at most "
+                f"min(updates, warmup) = {min(updates, self.warmup)}, got {len(self._observed)}"
+            )

@@ -493,3 +493,11 @@ class MetaGradient(BaseController):
         self._theta, self._m, self._v, self._t = theta, m, v, t
         self._q, self._q_seen = q, flags["q_seen"]
         self._baseline, self._baseline_seen = baseline, flags["baseline_seen"]
+
+    def _check_params_against(self, updates: int) -> None:
+        # Adam takes at most one step per accepted update (none on a no-op batch).
+        if self._t > updates:
+            raise ValueError(
+                f"params.adam_t: Adam takes at most one step per update, so it must be <= "
+                f"updates ({updates}), got {self._t}"
+            )

@@ -188,11 +188,27 @@ def _pcg(key: str, value: Any) -> Callable[[dict], None]:
     return lambda s: s["rng"]["state"]["state"].__setitem__(key, value)
 
 
+def _set(**fields: Any) -> Callable[[dict], None]:
+    return lambda s: s.update(fields)
+
+
+def _old(**fields: Any) -> Callable[[dict], None]:
+    """A state as written before ``fresh_from`` was saved, with ``fields`` changed."""
+
+    def mutate(s: dict) -> None:
+        s.pop("fresh_from")
+        s.update(fields)
+
+    return mutate
+
+
 MG = lambda: mc.MetaGradient(mc.Discrete([0.5, 1.0, 2.0]), seed=0)  # noqa: E731
 MG_BOX = lambda: mc.MetaGradient(mc.Box(0.3, 3.0, log=True), seed=0)  # noqa: E731
 TAMPO3 = lambda: mc.TAMPO(mc.Discrete([0.5, 1.0, 2.0]), seed=0)  # noqa: E731
 UCB = lambda: mc.SlidingWindowUCB(mc.Discrete([0.5, 1.0, 2.0]), window=5, seed=0)  # noqa: E731
 ENT = lambda: mc.EntropyTarget(mc.Box(0.3, 3.0), vocab_size=50, warmup=2, seed=0)  # noqa: E731
+FIXED = lambda: mc.Fixed(1.0)  # noqa: E731
+LEARNING_BUILDS = [("tampo", TAMPO3), ("mg", MG), ("mg box", MG_BOX), ("ucb", UCB), ("ent", ENT)]
 POISONED = [
     ("baseline NaN", MG, _params("baseline", math.nan), "params.baseline"),
     ("baseline inf", MG, _params("baseline", math.inf), "params.baseline"),
@@ -242,6 +258,30 @@ POISONED = [
     ("fresh_from > step", TAMPO3, lambda s: s.__setitem__("fresh_from", 99), "fresh_from"),
     ("seed_entropy -1", TAMPO3, lambda s: s.__setitem__("seed_entropy", -1), "seed_entropy"),
     ("params a list", TAMPO3, lambda s: s.__setitem__("params", [1]), "params"),
+    # Counters no sequence of calls produces (issue 24): each update of a learning controller
+    # takes at least one decision made since the previous one, so updates <= fresh_from <= step.
+    *(
+        (f"{name} updates > step", build, _set(updates=4), r"updates must be <= step \(3\), got 4")
+        for name, build in LEARNING_BUILDS
+    ),
+    ("updates > fresh_from", TAMPO3, _set(fresh_from=2), r"updates must be <= fresh_from \(2\)"),
+    ("old state updates > step", TAMPO3, _old(updates=4), r"updates must be <= step \(3\)"),
+    ("fixed updates, no decision", FIXED, _set(step=0, fresh_from=0), "only on a decision"),
+    ("adam_t > updates", MG, _params("adam_t", 4), r"params\.adam_t: .*<= updates \(3\), got 4"),
+    (
+        "ucb window < updates",
+        UCB,
+        lambda s: s["params"].update(window_arms=[0, 1], window_rewards=[0.0, 0.0]),
+        r"params\.window_arms: 3 updates .* at least min\(updates, window\) = 3, got 2",
+    ),
+    ("ucb window, 0 updates", UCB, _set(updates=0), r"window_arms: must be empty .*got 3"),
+    (
+        "entropy observed > warmup",
+        ENT,
+        _params("observed", [1.0, 1.0, 1.0]),
+        r"params\.observed: .*min\(updates, warmup\) = 2, got 3",
+    ),
+    ("entropy observed > updates", ENT, _set(updates=1), r"min\(updates, warmup\) = 1, got 2"),
 ]
 
 
@@ -257,6 +297,20 @@ def test_poisoned_state_is_refused_and_the_controller_is_unchanged(factory, muta
         target.load_state_dict(state)
     assert target.state_dict() == target_before == twin.state_dict()
     assert continue_one_step(target, 5) == continue_one_step(twin, 5)
+
+
+def test_an_open_loop_controller_may_count_more_updates_than_decisions() -> None:
+    """Fixed and Schedule take any feedback on their decisions, even the same one twice."""
+    for build in (FIXED, lambda: mc.Schedule.linear(0.5, 1.0, steps=4)):
+        ctl = build()
+        d = ctl.sample()
+        for _ in range(3):
+            ctl.update(mc.Outcome(d, 1.0))
+        state = ctl.state_dict()
+        assert (state["step"], state["updates"]) == (1, 3)
+        fresh = build()
+        fresh.load_state_dict(state)
+        assert fresh.state_dict() == state
 
 
 # --- stale decisions, arm labels, argument checks ----------------------------------------------------

@@ -17,6 +17,7 @@ same (upcast) logits. The tolerance is that of the torch implementation's tests
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -216,8 +217,33 @@ class TestKernelInInterpreter:
     def test_non_finite_scored_logits_raise(self, value: float) -> None:
         z, tokens, mask = make_batch(torch.float32, 1.0)
         z[1, 1, 100] = value
-        with pytest.raises(ValueError, match=r"NaN or inf at scored positions .*first at \(1, 1\)"):
+        kind = "NaN" if math.isnan(value) else r"\+inf"
+        with pytest.raises(
+            ValueError,
+            match=rf"logits hold {kind} at scored position \(1, 1\) \(vocabulary index 100\)",
+        ):
             temperature_loglik(z, tokens, mask, [1.0], implementation="triton")
+
+    @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # z - m = -inf
+    def test_a_row_spanning_more_than_fp32_is_scored_exactly(self) -> None:
+        """z_o - max z = -6e38 overflows fp32; (z_o - max z) / T does not at T = 100 (issue 24).
+
+        The row spans three 64-column blocks: the low logit in the first, the high in the second.
+        """
+        z = torch.zeros(1, 2, 150)
+        z[0, 0, 3], z[0, 0, 100] = -3e38, 3e38
+        z[0, 1, 140], z[0, 1, 10] = -3e38, 3e38
+        tokens = torch.tensor([[3, 140]])
+        mask = torch.ones(1, 2, dtype=torch.bool)
+        temps = [100.0, 20.0]
+        got = temperature_loglik(z, tokens, mask, temps, reduction="none", implementation="triton")
+        assert_close_to(got, reference_logp(z, tokens, temps))
+        with pytest.raises(ValueError, match=r"put the scored token 3 6e\+38 below .*\[1\.0\]"):
+            temperature_loglik(z, tokens, mask, [1.0, 100.0], implementation="triton")
+        nan_mask = mask.float()
+        nan_mask[0, 1] = float("nan")
+        with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .*got nan at \(0, 1\)"):
+            temperature_loglik(z, tokens, nan_mask, temps, implementation="triton")
 
     def test_a_block_of_neg_inf_only_is_a_zero_probability(self) -> None:
         """-inf logits (a masked vocabulary), a whole 64-column block of them first in a row."""

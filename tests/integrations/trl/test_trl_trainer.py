@@ -274,8 +274,11 @@ def test_other_controllers_learn_from_their_feedback(tokenizer, model, tmp_path,
 @pytest.mark.parametrize(
     ("controller", "match"),
     [
-        (mc.TAMPO(mc.Discrete([0.0, 1.0]), seed=0), r"must be finite and > 0.*\[0\.0\]"),
-        (mc.MetaGradient(mc.Box(-1.0, 1.0), seed=0), r"must be finite and > 0"),
+        (mc.TAMPO(mc.Discrete([0.0, 1.0]), seed=0), r"must lie in \[0\.01, 100\].*\[0\.0\]"),
+        (mc.MetaGradient(mc.Box(-1.0, 1.0), seed=0), r"must lie in \[0\.01, 100\]"),
+        # Finite and > 0 but failing mid-training on main (issue 24): refused when built.
+        (mc.Fixed(1e-45), r"must lie in \[0\.01, 100\].*Fixed has arm\(s\) \[1e-45\]"),
+        (mc.Fixed(1e300), r"must lie in \[0\.01, 100\].*Fixed has arm\(s\) \[1e\+300\]"),
     ],
 )
 def test_refuses_controller_without_positive_temperatures(
