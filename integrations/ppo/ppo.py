@@ -263,7 +263,7 @@ class PPO:
             prefixed ``meta/``.
 
         Raises:
-            ValueError: the controller proposed a temperature that is not finite and > 0.
+            ValueError: the controller proposed a temperature outside [0.01, 100].
         """
         decision = self.controller.sample()
         temperature = check_temperature(decision.value, "the controller's decision.value")

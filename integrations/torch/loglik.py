@@ -186,8 +186,8 @@ def chunk_temperature_loglik(
     Args:
         logits: ``[..., V]`` logits (fp32, bf16, fp16, fp64); not modified.
         tokens: ``[...]`` integer token ids (the leading shape of ``logits``).
-        temperatures: ``K`` temperatures (sequence or 1-D tensor), each finite and > 0.
-        mask: optional ``[...]`` mask, non-zero = scored. Unscored positions give 0 and their ids
+        temperatures: ``K`` temperatures (sequence or 1-D tensor), each in ``[0.01, 100]``.
+        mask: optional ``[...]`` mask of 0 and 1, 1 = scored. Unscored positions give 0 and their ids
             (e.g. -100) and logits are ignored. None scores every position.
         validate: check that scored ids lie in ``[0, V)`` and that every scored log-probability is
             finite (NaN/inf logits). Costs one host-device sync; pass False to check the final
@@ -258,9 +258,11 @@ def temperature_loglik(
         logits: ``[B, L, V]`` logits, any float dtype; computation is in fp32.
         tokens: ``[B, L]`` integer ids; position ``t`` is scored under ``logits[:, t]``
             (shift them yourself for causal LMs).
-        mask: ``[B, L]``, non-zero = scored (bool, int or float). Unscored positions may hold any
-            id (e.g. -100) and any logits (even NaN): they are never read.
-        temperatures: ``K`` temperatures (sequence or 1-D tensor), finite and > 0.
+        mask: ``[B, L]`` of 0 and 1, 1 = scored (bool, int or float; anything else, a -1 or a
+            NaN, is refused). Unscored positions may hold any id (e.g. -100) and any logits
+            (even NaN): they are never read.
+        temperatures: ``K`` temperatures (sequence or 1-D tensor), each in
+            ``metactl.temperature.TEMPERATURE_RANGE`` (``[0.01, 100]``).
         reduction: ``"mean"`` (``[B, K]``, the mean over scored tokens), ``"sum"`` (``[B, K]``)
             or ``"none"`` (``[B, L, K]`` per token, 0 at unscored positions).
         chunk_size: scored tokens per chunk; default :func:`default_chunk_size` (2 MiB fp32).
@@ -274,9 +276,14 @@ def temperature_loglik(
         for every temperature (``"mean"`` and ``"sum"``).
 
     Raises:
-        ValueError: wrong ranks or shapes, bad temperatures, scored token ids outside
-            ``[0, V)``, NaN/inf in the logits of a scored token, or a bad ``implementation``
-            (also ``"triton"`` for a CPU tensor outside Triton's interpreter).
+        ValueError: wrong ranks or shapes, a mask that is not 0/1, temperatures outside
+            ``[0.01, 100]``, scored token ids outside ``[0, V)``, logits of a scored row outside
+            the domain (NaN or +inf in the row, -inf at the scored token, fp64 values beyond
+            fp32), a log-probability below the fp32 range (the scored logit more than
+            ``3.4e38 T`` below its row's maximum; the message says which), or a bad
+            ``implementation`` (also ``"triton"`` for a CPU tensor outside Triton's
+            interpreter). Every finite fp32 (bf16, fp16) row is scored exactly otherwise, even
+            one spanning more than fp32 holds (``3e38`` and ``-3e38``).
         ImportError: Triton is needed (``"triton"``, or ``"auto"`` on a GPU) but not installed.
     """
     check_sequence_logits(logits, tokens, mask)
@@ -336,8 +343,8 @@ def temperature_loglik_from_hidden(
         weight: ``[V, H]`` LM head weight (same dtype and device as ``hidden``).
         bias: ``[V]`` LM head bias, or None.
         tokens: ``[B, L]`` integer ids, as in :func:`temperature_loglik`.
-        mask: ``[B, L]``, non-zero = scored.
-        temperatures: ``K`` temperatures, finite and > 0.
+        mask: ``[B, L]`` of 0 and 1, 1 = scored.
+        temperatures: ``K`` temperatures, each in ``[0.01, 100]``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``, as in :func:`temperature_loglik`.
         chunk_size: scored rows per block; default :data:`TOKEN_CHUNK` (4096).
         implementation: ``"auto"``, ``"torch"`` or ``"triton"``, as in
@@ -432,7 +439,7 @@ def hidden_rows_loglik(
         hidden: ``[N, H]`` hidden states (float).
         weight: ``[V, H]`` LM head weight; bias: ``[V]`` or None.
         tokens: ``[N]`` valid token ids in ``[0, V)`` (not checked here).
-        temperatures: ``K`` temperatures, finite and > 0.
+        temperatures: ``K`` temperatures, each in ``[0.01, 100]``.
         logit_scale, softcap: the model's logit transform (1 and None for a plain LM head).
         compute_dtype: dtype of the projection (default: that of ``hidden``); scores are fp32.
         token_chunk: rows per block (default :data:`TOKEN_CHUNK`).

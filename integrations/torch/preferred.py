@@ -92,7 +92,7 @@ def preferred_temperature(
     Args:
         logits: ``[B, L, V]`` logits, any float dtype; computation is in fp32.
         tokens: ``[B, L]`` integer ids (any id at unscored positions).
-        mask: ``[B, L]``, non-zero = scored.
+        mask: ``[B, L]`` of 0 and 1, 1 = scored.
         bounds: ``(low, high)`` temperatures, ``low < high``, both in
             ``metactl.temperature.TEMPERATURE_RANGE`` (``[0.01, 100]``).
         chunk_size: scored tokens per chunk (default as in :func:`temperature_loglik`).
