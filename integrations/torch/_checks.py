@@ -41,12 +41,18 @@ def check_float(t: Tensor, name: str) -> None:
 
 
 def check_tokens_mask(
-    tokens: Tensor, mask: Tensor | None, lead: tuple[int, ...], source: str
+    tokens: Tensor,
+    mask: Tensor | None,
+    lead: tuple[int, ...],
+    source: str,
+    *,
+    mask_values: bool = True,
 ) -> None:
     """Raise unless ``tokens`` (integer) and ``mask`` have shape ``lead`` (the leading dims of ``source``).
 
-    ``mask`` must hold only 0 and 1 (bool, integer or float; one host sync): a -1, a 2 or a NaN
-    is refused naming its position rather than silently taken as "scored".
+    ``mask`` must hold only 0 and 1 (bool, integer or float): a -1, a 2 or a NaN is refused
+    naming its position rather than silently taken as "scored". That costs one host sync for a
+    non-bool mask; ``mask_values=False`` skips it (shapes are still checked).
     """
     if not isinstance(tokens, Tensor):
         raise ValueError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
@@ -62,7 +68,7 @@ def check_tokens_mask(
         raise ValueError(
             f"mask must have the shape of tokens {shape(tokens)} (and {source}), got {shape(mask)}"
         )
-    if mask.dtype == torch.bool:
+    if mask.dtype == torch.bool or not mask_values:
         return
     if mask.is_complex():
         raise ValueError(

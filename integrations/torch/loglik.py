@@ -189,9 +189,10 @@ def chunk_temperature_loglik(
         temperatures: ``K`` temperatures (sequence or 1-D tensor), each in ``[0.01, 100]``.
         mask: optional ``[...]`` mask of 0 and 1, 1 = scored. Unscored positions give 0 and their ids
             (e.g. -100) and logits are ignored. None scores every position.
-        validate: check that scored ids lie in ``[0, V)`` and that every scored log-probability is
-            finite (NaN/inf logits). Costs one host-device sync; pass False to check the final
-            result yourself.
+        validate: check that ``mask`` holds only 0 and 1, that scored ids lie in ``[0, V)`` and
+            that every scored log-probability is finite (saying why not). Costs host-device
+            syncs; pass False to check the final result yourself (a non-zero mask entry then
+            counts as scored).
         implementation: ``"auto"`` (Triton on CUDA/XPU, torch elsewhere), ``"torch"`` or
             ``"triton"`` (see :func:`temperature_loglik`).
 
@@ -208,7 +209,7 @@ def chunk_temperature_loglik(
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape [..., V] with V >= 1, got {shape(logits)}")
     lead = shape(logits)[:-1]
-    check_tokens_mask(tokens, mask, lead, f"logits {shape(logits)}")
+    check_tokens_mask(tokens, mask, lead, f"logits {shape(logits)}", mask_values=validate)
     betas = inverse_temperatures(temperatures)
     vocab = logits.shape[-1]
     rows = logits.reshape(-1, vocab)

@@ -182,6 +182,9 @@ def test_a_mask_that_is_not_0_or_1_is_refused_naming_it(
         temperature_loglik(z, tokens, mask, [1.0])
     with pytest.raises(ValueError, match=named):
         chunk_temperature_loglik(z, tokens, [1.0], mask=mask)
+    # validate=False promises no host sync: the caller checks, and non-zero counts as scored
+    unchecked = chunk_temperature_loglik(z, tokens, [1.0], mask=mask, validate=False)
+    assert unchecked.shape == (2, 3, 1)
     with pytest.raises(ValueError, match=named):
         preferred_temperature(z, tokens, mask)
     hidden, weight = torch.randn(2, 3, 4, generator=gen), torch.randn(10, 4, generator=gen)

@@ -225,6 +225,7 @@ class TestKernelInInterpreter:
             temperature_loglik(z, tokens, mask, [1.0], implementation="triton")
 
     @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # z - m = -inf
+    @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
     def test_a_row_spanning_more_than_fp32_is_scored_exactly(self) -> None:
         """z_o - max z = -6e38 overflows fp32; (z_o - max z) / T does not at T = 100 (issue 24).
 
@@ -240,6 +241,10 @@ class TestKernelInInterpreter:
         assert_close_to(got, reference_logp(z, tokens, temps))
         with pytest.raises(ValueError, match=r"put the scored token 3 6e\+38 below .*\[1\.0\]"):
             temperature_loglik(z, tokens, mask, [1.0, 100.0], implementation="triton")
+        wide = z.double()
+        wide[0, 1, 0] = 1e39  # fp64 logits beyond fp32, in which the kernel computes
+        with pytest.raises(ValueError, match=r"logits hold 1e\+39 at scored position \(0, 1\)"):
+            temperature_loglik(wide, tokens, mask, temps, implementation="triton")
         nan_mask = mask.float()
         nan_mask[0, 1] = float("nan")
         with pytest.raises(ValueError, match=r"mask must hold only 0 and 1 .*got nan at \(0, 1\)"):
