@@ -127,32 +127,21 @@ def check_tokens_in_vocab(scored_tokens: Tensor, vocab_size: int) -> None:
         )
 
 
-def check_finite_rows(
-    values: Tensor,
-    positions: Tensor | None = None,
-    explain: Callable[[int, list[int]], str] | None = None,
-) -> None:
-    """Raise if a row of ``values`` ``[N, K]`` is not finite, saying why.
+def check_finite_rows(values: Tensor, explain: Callable[[int, list[int]], str]) -> None:
+    """Raise if a row of ``values`` ``[N, K]`` is not finite, saying why (one host sync).
 
     Args:
         values: per-token log-probabilities of the scored tokens.
-        positions: optional ``[N, D]`` positions of those tokens, used in the message.
-        explain: optional ``(row, columns) -> message``: why row ``row`` is not finite at the
+        explain: ``(row, columns) -> message``: why row ``row`` is not finite at the
             temperatures of ``columns`` (see :func:`why_not_finite`).
     """
     finite = torch.isfinite(values).all(dim=-1)
     if bool(finite.all()):
         return
     first = int((~finite).nonzero()[0, 0])
-    at = tuple(positions[first].tolist()) if positions is not None else first
+    columns = [int(k) for k in (~torch.isfinite(values[first])).nonzero()[:, 0]]
     count = int((~finite).sum())
-    if explain is not None:
-        columns = [int(k) for k in (~torch.isfinite(values[first])).nonzero()[:, 0]]
-        raise ValueError(f"{explain(first, columns)} ({count} scored tokens affected)")
-    raise ValueError(
-        f"logits hold NaN or inf at scored positions ({count} scored tokens "
-        f"affected, first at {at}); their log-likelihood would not be finite"
-    )
+    raise ValueError(f"{explain(first, columns)} ({count} scored tokens affected)")
 
 
 def why_not_finite(
@@ -195,8 +184,9 @@ def why_not_finite(
             f"fp32 range (|z| <= {FP32_MAX:.4g}) in which the scores are computed"
         )
     gap = float(values.max()) - target
+    temperatures = [float(f"{t:.7g}") for t in temperatures]  # 1 / (1 / T) rounds
     return (
         f"{name} at {where} put the scored token {token} {gap:.4g} below the row's maximum, so "
-        f"its log-probability at temperature(s) {list(temperatures)} (about {-gap / min(temperatures):.4g}) "
+        f"its log-probability at temperature(s) {temperatures} (about {-gap / min(temperatures):.4g}) "
         f"lies beyond fp32 (>= {-FP32_MAX:.4g}); rescale the logits"
     )
