@@ -55,11 +55,16 @@ def grpo_advantages(
 
 
 def _in_dtype(advantages: Tensor, dtype: torch.dtype) -> Tensor:
-    """``advantages`` (float64) in ``dtype``, or ``ValueError`` if one overflows it.
+    """``advantages`` (float64) in ``dtype``, or ``ValueError`` if one is not finite there.
 
     Only ``scale="none"`` can overflow: ``r - mean`` of float32 rewards reaches 6.8e38. A
     scaled advantage is at most ``sqrt(N)`` in absolute value.
     """
+    if not bool(torch.isfinite(advantages).all()):  # float64 rewards near 1.8e308
+        raise ValueError(
+            "rewards: their means and standard deviations overflow float64 (rewards near "
+            "1.8e308); scale them down"
+        )
     out = advantages.to(dtype)
     overflow = ~torch.isfinite(out)
     if bool(overflow.any()):

@@ -247,3 +247,5 @@ def test_unscaled_advantages_beyond_the_dtype_are_refused_naming_rewards() -> No
     # the same rewards in float64 are fine
     got = grpo_advantages(rewards.double(), 4, scale="none")
     np.testing.assert_allclose(got.numpy(), reference_advantages(rewards.tolist(), 4, 0, "none"))
+    with pytest.raises(ValueError, match="rewards: their means and standard deviations overflow"):
+        grpo_advantages(torch.tensor([1e308, 1e308, -1e308, 1.0], dtype=torch.float64), 4)
