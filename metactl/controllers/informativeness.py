@@ -29,13 +29,14 @@ class Informativeness(BaseController):
         log Lambda_bk = sum_{i in b} L_i (l_i(T_k) - l_i(T_s))       group b's likelihood ratio
         w_bk  = Lambda_bk / sum_c Lambda_ck                          self-normalised over groups
         d_k   = U_k - U_s = -sum_b w_bk (e_b - ebar)                 gain over the played arm
-        ess_k = 1 / sum_b w_bk^2;   d_k := 0 where ess_k < min_ess * B   (arm out of reach)
+        ess_k = 1 / sum_b w_bk^2                                     effective groups at T_k
+        d_k  := d_j where ess_k < min_ess * B, j the nearest arm between T_k and T_s with
+                ess_j >= min_ess * B (T_s itself, d_s = 0, if none)    arm out of reach
         abar  <- (1 - ema) abar + ema d;   pi = softmax(abar / scale);   T ~ nucleus(pi, top_p)
 
     l_i(T) is rollout i's mean token log-likelihood at T and L_i its scored tokens
-    (``Counterfactual.loglik``, ``.lengths``); the last line is TAMPO's machinery (DESIGN
-    section 3). A round in which every group is equal (ebar = 0 or 1) is a no-op, as is
-    TAMPO's all-zero-advantage round. Why this estimator:
+    (``Counterfactual.loglik``, ``.lengths``). A round in which every group is equal
+    (ebar = 0 or 1) is a no-op, as is TAMPO's all-zero-advantage round. Why this estimator:
 
     - Each group's G completions are one joint draw, re-weighted to T_k by its joint
       likelihood ratio, so it estimates the probability that the *group* is informative,
@@ -44,9 +45,12 @@ class Informativeness(BaseController):
     - Under rewards independent of the completions (a random-reward control) d_k has mean
       exactly zero at every arm, whatever the guard: the weights depend on the completions
       only and sum_b (e_b - ebar) = 0. The controller cannot drift where nothing is learnable.
-    - Self-normalised weights keep d_k in [-1, 1]; the effective-sample-size guard leaves
-      arms the batch cannot see (the likelihood ratio concentrates on a few groups, more
-      so for long completions and far arms) at "no evidence" instead of at one group's luck.
+    - Self-normalised weights keep d_k in [-1, 1]. An arm the batch cannot see (its weights
+      concentrate on a few groups, more so for long completions and far arms) is not scored by
+      one group's luck: it is credited with the trend up to the edge of the reach, so that the
+      policy can walk toward an optimum beyond it, one reach at a time.
+    - A fixed ``scale`` in units of informative fraction, not TAMPO's min-max normalisation,
+      which turns differences of any size, noise included, into a full swing of the policy.
     - Its first-order term is d_k ~ -(Delta beta_k) Cov_b(e_b, sum_{i in b} L_i g_i): a
       policy-gradient estimate of dU/d(1/T), where TAMPO's is of d(pass rate)/d(1/T)
       (docs/tampo.md).
@@ -57,7 +61,10 @@ class Informativeness(BaseController):
     Args:
         space: the candidate temperatures (default: the paper's 0.6, 0.7, ..., 1.5).
         ema: the weight of the new round in abar <- (1 - ema) abar + ema d.
-        top_p: nucleus mass for sampling the temperature; 0 means argmax.
+        scale: the gain in informative fraction that multiplies an arm's probability by e.
+        top_p: nucleus mass for sampling the temperature; 0 means argmax. Default 1 (no
+            nucleus): nucleus ties break by arm order, a bias toward the first arms while the
+            policy is flat.
         min_ess: an arm's gain counts only when its effective number of groups is at least
             ``min_ess`` times the round's groups; in (0, 1].
         seed: int, Generator or None (fresh entropy, recorded in ``seed_entropy``).

@@ -188,6 +188,36 @@ def test_gains_have_mean_zero_when_rewards_ignore_the_completions() -> None:
     assert draws_arr.std(axis=0)[0] > 0.01  # not trivially zero: far arms are noisy
 
 
+def test_per_completion_plug_in_is_pulled_toward_the_played_arm_and_ours_is_not() -> None:
+    """Why not q_bk = clip(mean_{i in b} rho_ik r_i, 0, 1), U_k = mean_b 1 - q^G - (1 - q)^G?
+
+    With rewards that ignore the completions every arm is equally informative, but the plug-in
+    puts every other arm below the played one (its variance, through a concave function);
+    the group-level, self-normalised gains stay at zero.
+    """
+    rng = np.random.default_rng(4)
+    z = toy_logits("competent", rng)
+    d0 = mc.Informativeness(GRID, seed=0).sample()
+    s = 4  # T_s = 1.0
+    d = mc.Decision(GRID[s], d0.virtual, float(s), d0.virtual_arms, d0.step, d0.source)
+    plug_in, ours = [], []
+    for _ in range(400):
+        fb = toy_round(z, d, rng, random_reward=0.5)
+        assert fb.groups is not None and fb.lengths is not None and fb.rewards is not None
+        rho = np.exp(fb.lengths[:, None] * (fb.loglik - fb.loglik[:, s : s + 1]))
+        q = np.clip((rho * fb.rewards[:, None]).reshape(16, 8, -1).mean(axis=1), 0, 1)
+        u = np.mean(1 - q**8 - (1 - q) ** 8, axis=0)
+        plug_in.append(u - u[s])
+        lam, _ = F.group_log_likelihood_ratios(fb.loglik, fb.lengths, fb.groups, s)
+        ours.append(F.informativeness_gains(lam, F.equal_reward_groups(fb.rewards, fb.groups))[0])
+    far = [0, 8, 12]  # T = 0.6, 1.4, 2.0
+    plug_arr, ours_arr = np.array(plug_in)[:, far], np.array(ours)[:, far]
+    se = np.sqrt(len(ours_arr))
+    assert np.all(plug_arr.mean(0) < -0.03)
+    assert np.all(plug_arr.mean(0) + 4 * plug_arr.std(0) / se < 0)
+    assert np.all(np.abs(ours_arr.mean(0)) < 4 * ours_arr.std(0) / se + 1e-12)
+
+
 # --- sanity simulations with the controller --------------------------------------------------
 SEEDS = range(6)
 
