@@ -55,6 +55,10 @@ class Informativeness(BaseController):
       policy-gradient estimate of dU/d(1/T), where TAMPO's is of d(pass rate)/d(1/T)
       (docs/tampo.md).
 
+    The informative fraction is a proxy for learning, not learning itself: once a model is
+    competent the most informative temperature is a hot one, where each informative group may
+    teach less (docs/tampo.md has a learning toy where this costs it against TAMPO).
+
     It needs ``rewards``, ``groups`` and ``lengths`` in :class:`metactl.Counterfactual`
     (MetaGRPOTrainer fills them), and rollouts sampled at one of its arms (``decision.arm``).
 
