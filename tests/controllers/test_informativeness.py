@@ -177,7 +177,7 @@ def test_gains_have_mean_zero_when_rewards_ignore_the_completions() -> None:
     d0 = ctl.sample()
     d = mc.Decision(1.0, d0.virtual, 4.0, d0.virtual_arms, d0.step, d0.source)
     draws = []
-    for _ in range(3000):
+    for _ in range(1500):
         fb = toy_round(z, d, rng, random_reward=0.1)
         assert fb.groups is not None and fb.lengths is not None and fb.rewards is not None
         lam, _ = F.group_log_likelihood_ratios(fb.loglik, fb.lengths, fb.groups, 4)
