@@ -24,6 +24,10 @@ SIGMA = "sigma"
 TEMPERATURE = "temperature"
 """The temperature a trainer sampled for the round (logged by the trainer, not the controller)."""
 
+SHARPNESS_ADVANTAGE_COVARIANCE = "sharpness_advantage_covariance"
+"""C_g = (1/N) sum_i A_i dl_i/d(1/T), logged by a trainer every round (docs/tampo.md): positive
+when the good rollouts are the sharp ones, i.e. when TAMPO's signal cools the run."""
+
 
 def prob_key(label: str) -> str:
     """The metric name of the probability of the arm labelled ``label``: ``prob/<label>``."""

@@ -6,7 +6,7 @@ fraction, or its mean token entropy). At the end of the round :meth:`RoundStats.
 accelerate so that every process builds the identical feedback::
 
     stats = RoundStats(decision)
-    stats.add_rollouts(sums, counts, advantages)       # per micro-batch, local rows
+    stats.add_rollouts(sums, counts, advantages, rewards, groups)  # per micro-batch, local rows
     feedback = stats.feedback(mc.preferred_feedback(controller, TRL_FEEDBACK), accelerator)
     metrics = controller.update(feedback)
 """
@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 import metactl as mc
+from metactl import functional as F
+from metactl.metric_keys import SHARPNESS_ADVANTAGE_COVARIANCE, meta_key
 
 OutcomeSignal = Literal["mean_reward", "informative_fraction"]
 """What a bandit controller's :class:`metactl.Outcome` reward is: the round's mean reward, or
@@ -73,15 +75,24 @@ class RoundStats:
         self._sums: list[Tensor] = []
         self._counts: list[Tensor] = []
         self._advantages: list[Tensor] = []
+        self._rewards: list[Tensor] = []
+        self._groups: list[Tensor] = []
+        self.rewards: Tensor | None = None
+        """The round's ``[N]`` rewards over every process (NaN: unscored), set by the trainer."""
         self.reward: float | None = None
         self.informative_fraction: float | None = None
         self._entropy: list[float] = []
 
-    def add_rollouts(self, sums: Tensor, counts: Tensor, advantages: Tensor) -> None:
-        """Rows of one micro-batch: ``[B, M]`` log-prob sums, ``[B]`` token counts, ``[B]`` advantages."""
+    def add_rollouts(
+        self, sums: Tensor, counts: Tensor, advantages: Tensor, rewards: Tensor, groups: Tensor
+    ) -> None:
+        """Rows of one micro-batch: ``[B, M]`` log-prob sums, ``[B]`` token counts, advantages,
+        rewards (NaN: unscored) and prompt-group ids (numbered over the round's processes)."""
         self._sums.append(sums.float())
         self._counts.append(counts.float())
         self._advantages.append(advantages.detach().float().reshape(advantages.size(0), -1)[:, 0])
+        self._rewards.append(rewards.detach().double())
+        self._groups.append(groups.detach().double())
 
     def add_entropy(self, entropy: float) -> None:
         """The (already process-reduced) mean token entropy of one micro-batch."""
@@ -107,23 +118,35 @@ class RoundStats:
         if kind is mc.Counterfactual:
             if not self._sums:
                 return None, {}
+            device = self._sums[0].device
             local = torch.cat(
                 [
-                    torch.cat(self._sums),
-                    torch.cat(self._counts)[:, None],
-                    torch.cat(self._advantages)[:, None].to(self._sums[0].device),
+                    torch.cat(self._sums).double(),
+                    *(
+                        torch.cat(column).to(device, torch.float64)[:, None]
+                        for column in (self._counts, self._advantages, self._rewards, self._groups)
+                    ),
                 ],
                 dim=1,
             )
-            rows = accelerator.gather(local).double().cpu()  # one gather, one copy to the host
-            sums, counts, adv = rows[:, :-2], rows[:, -2], rows[:, -1]
-            keep = counts > 0
+            rows = accelerator.gather(local).cpu()  # one gather, one copy to the host
+            sums, (counts, adv, rewards, groups) = rows[:, :-4], rows[:, -4:].T
+            # rows with no scored token, or that no reward function scored, carry nothing
+            keep = (counts > 0) & torch.isfinite(rewards)
             if not bool(keep.any()):
                 return None, {"meta/empty_rounds": 1.0}
             loglik = (sums[keep] / counts[keep, None]).numpy()
             advantages = adv[keep].numpy()
-            return mc.Counterfactual(d, loglik, advantages), grid_peak_metrics(
-                loglik, advantages, d.virtual
+            feedback = mc.Counterfactual(
+                d,
+                loglik,
+                advantages,
+                rewards=rewards[keep].numpy(),
+                groups=groups[keep].numpy(),
+                lengths=counts[keep].numpy(),
+            )
+            return feedback, grid_peak_metrics(loglik, advantages, d.virtual) | sharpness_metrics(
+                loglik, advantages, d.virtual, d.value
             )
         if kind is mc.Outcome:
             reward = self.reward if outcome == "mean_reward" else self.informative_fraction
@@ -178,3 +201,22 @@ def grid_peak_metrics(
         if sel.any():
             out[f"meta/grid_peak_temperature/{name}"] = float(peak[sel].mean())
     return out
+
+
+def sharpness_metrics(
+    loglik: np.ndarray, advantages: np.ndarray, virtual: np.ndarray, value: float
+) -> dict[str, float]:
+    """C_g = (1/N) sum_i A_i g_i, the sharpness-advantage covariance (docs/tampo.md).
+
+    g_i = dl_i/d(1/T) at the round's temperature, from the scores at the virtual arms nearest
+    it. C_g > 0: the good rollouts are the sharp ones, and TAMPO is cooling the run toward the
+    pass-rate-maximising temperature. Empty with fewer than two distinct virtual arms.
+    """
+    if np.unique(virtual).size < 2:
+        return {}
+    slopes = F.sharpness_slopes(loglik, virtual, value)
+    return {
+        meta_key(SHARPNESS_ADVANTAGE_COVARIANCE): F.sharpness_advantage_covariance(
+            slopes, advantages
+        )
+    }

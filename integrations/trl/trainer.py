@@ -54,6 +54,12 @@ GRPO_TRAINER_METHODS = {
 """The private GRPOTrainer methods MetaGRPOTrainer relies on, and their leading parameters:
 checked on the installed TRL at construction (:func:`check_grpo_trainer`)."""
 
+ROUND_REWARDS = "metactl_rewards"
+ROUND_GROUPS = "metactl_groups"
+"""Columns MetaGRPOTrainer adds to TRL's generation batch during training: each row's reward and
+prompt group (``global row // num_generations``), so that they follow TRL's shuffle and split;
+removed again before TRL's loss."""
+
 TRL_FEEDBACK = (mc.Counterfactual, mc.Outcome, mc.EntropyObservation)
 """The feedback a round can give a controller; :func:`metactl.preferred_feedback` picks one."""
 
@@ -224,6 +230,13 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             self.set_temperature(decision.value)
             self._metrics["train"][meta_key(TEMPERATURE)].append(decision.value)
         batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+        if self.model.training and self._round is not None and self._round.rewards is not None:
+            # Each row's reward and prompt group travel with it through TRL's shuffle and split.
+            n = batch["completion_ids"].size(0)
+            first = self.accelerator.process_index * n  # TRL's own slice of the gathered rows
+            rows = torch.arange(first, first + n, device=batch["completion_ids"].device)
+            batch[ROUND_REWARDS] = self._round.rewards[first : first + n].to(rows.device)
+            batch[ROUND_GROUPS] = torch.div(rows, self.num_generations, rounding_mode="floor")
         return batch
 
     def _calculate_rewards(
@@ -238,6 +251,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             rewards = (rewards_per_func * weights).nansum(dim=1)
             scorable = ~torch.isnan(rewards_per_func).all(dim=1)
             self._round.reward = rewards[scorable].mean().item() if bool(scorable.any()) else None
+            self._round.rewards = torch.where(scorable, rewards, torch.nan)
             group_size = self.num_generations  # typed Optional by TRL; always set to train
             if group_size is not None:
                 self._round.informative_fraction = informative_fraction(
@@ -253,6 +267,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         num_items_in_batch: Any = None,
     ) -> Any:
         """GRPOTrainer's loss; in a round's first pass the seam also scores the virtual temperatures."""
+        inputs = dict(inputs)  # the round's columns are ours, not TRL's loss's
+        rewards, groups = inputs.pop(ROUND_REWARDS, None), inputs.pop(ROUND_GROUPS, None)
         generate_every = self.args.steps_per_generation * self.num_iterations
         first_pass = self._step % generate_every < self.args.steps_per_generation
         stats = self._round
@@ -263,7 +279,10 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             length = inputs["completion_ids"].size(1)
             with self._seam.armed(stats.decision.virtual.tolist(), length):
                 loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self._score_virtual(stats, inputs, self._seam.take(inputs["completion_ids"].size(0)))
+            per_token = self._seam.take(inputs["completion_ids"].size(0))
+            self._score_virtual(
+                stats, inputs | {ROUND_REWARDS: rewards, ROUND_GROUPS: groups}, per_token
+            )
         else:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if kind is mc.EntropyObservation:
@@ -273,13 +292,16 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     def _score_virtual(
         self, stats: RoundStats, inputs: dict[str, Any], per_token: torch.Tensor
     ) -> None:
-        """Sum this micro-batch's completion-token scores ``[B, L, K]`` per rollout."""
+        """Sum this micro-batch's completion-token scores ``[B, L, K]`` per rollout; its lengths
+        are the scored completion tokens."""
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         mask = mask.to(per_token.device, torch.float32)
         sums = (per_token * mask[..., None]).sum(dim=1)
-        stats.add_rollouts(sums, mask.sum(dim=1), inputs["advantages"])
+        stats.add_rollouts(
+            sums, mask.sum(dim=1), inputs["advantages"], inputs[ROUND_REWARDS], inputs[ROUND_GROUPS]
+        )
 
     def training_step(
         self, model: Any, inputs: Any, num_items_in_batch: Any = None

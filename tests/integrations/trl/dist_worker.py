@@ -1,6 +1,6 @@
 """Worker for the 2-process test: ``torchrun --nproc_per_node 2 dist_worker.py OUT_DIR``.
 
-Each rank trains 2 generation rounds of MetaGRPOTrainer on CPU (gloo) with a controller seeded
+Each rank trains 2 generation rounds (one prompt group of 4, split over the ranks) of MetaGRPOTrainer on CPU (gloo) with a controller seeded
 differently on each rank (so ranks agree only through the trainer's broadcast), and writes
 ``rank{N}.json`` with the temperatures it generated at and its final controller state.
 """
@@ -29,11 +29,20 @@ def main(out: str) -> None:
         max_steps=4,
         steps_per_generation=2,
         gradient_accumulation_steps=1,
-        per_device_train_batch_size=2,
+        per_device_train_batch_size=1,  # 2 rows per rank and round: a group spans both ranks
     )
+    rows: list[list[tuple[str, int, float]]] = []  # per round: this rank's (prompt, length, reward)
+
+    def recording_reward(prompts, completions, completion_ids, **kwargs):  # type: ignore[no-untyped-def]
+        rewards = digit_reward(prompts, completions)
+        rows.append(
+            [(p, len(c), r) for p, c, r in zip(prompts, completion_ids, rewards, strict=True)]
+        )
+        return rewards
+
     trainer = MetaGRPOTrainer(
         model=make_model(tokenizer, seed=0),
-        reward_funcs=digit_reward,
+        reward_funcs=recording_reward,
         args=args,
         train_dataset=make_dataset(),
         processing_class=tokenizer,
@@ -47,12 +56,25 @@ def main(out: str) -> None:
         return generate(*a, **kw)
 
     trainer.model.generate = spy
+    feedbacks: list[
+        list[list[float]]
+    ] = []  # per round: the Counterfactual's groups, rewards, lengths
+    update = trainer.controller.update
+
+    def recording_update(fb):  # type: ignore[no-untyped-def]
+        feedbacks.append([fb.groups.tolist(), fb.rewards.tolist(), fb.lengths.tolist()])
+        return update(fb)
+
+    trainer.controller.update = recording_update
     trainer.train()
     rank = trainer.accelerator.process_index
     result = {
         "world_size": trainer.accelerator.num_processes,
         "temperatures": temperatures,
         "state": trainer.controller.state_dict(),
+        "rows": rows,
+        "feedbacks": feedbacks,
+        "num_generations": trainer.num_generations,
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     # Leave without running destructors. Tearing gloo down at exit is racy in torch: left to the

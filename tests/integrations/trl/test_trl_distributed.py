@@ -1,4 +1,5 @@
-"""Two processes (torchrun, gloo on CPU): the same temperature every round, identical controllers."""
+"""Two processes (torchrun, gloo on CPU): the same temperature every round, identical controllers,
+and the same rewards, prompt groups and lengths in every rank's feedback."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -49,3 +51,20 @@ def test_two_processes_agree_on_every_temperature(tmp_path):
     assert ranks[0]["temperatures"] == ranks[1]["temperatures"]
     assert ranks[0]["state"]["updates"] == 2
     assert ranks[0]["state"] == ranks[1]["state"]
+    # The feedback's rewards, groups and lengths, against what each rank's reward function saw:
+    # global row j (rank-major, as TRL gathers) is in group j // num_generations; a group's rows,
+    # here split across the two ranks, share their prompt.
+    g = ranks[0]["num_generations"]
+    assert len(ranks[0]["feedbacks"]) == len(ranks[0]["rows"]) == 2
+    for r in range(2):
+        rows = ranks[0]["rows"][r] + ranks[1]["rows"][r]
+        assert len(ranks[0]["rows"][r]) == len(ranks[1]["rows"][r]) == g // 2  # groups span ranks
+        want = sorted(
+            (j // g, float(np.float32(reward)), float(n)) for j, (_, n, reward) in enumerate(rows)
+        )
+        for rank in ranks:
+            groups, rewards, lengths = rank["feedbacks"][r]
+            got = sorted(zip(groups, rewards, lengths, strict=True))
+            np.testing.assert_allclose(np.array(got), np.array(want), rtol=0, atol=1e-12)
+        for j, (prompt, _, _) in enumerate(rows):
+            assert prompt == rows[(j // g) * g][0]

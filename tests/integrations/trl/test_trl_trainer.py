@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import digit_reward, make_config, make_dataset
@@ -191,9 +192,9 @@ def test_virtual_scores_equal_log_softmax_of_the_model_logits(tokenizer, model, 
         )
         got: list[tuple[torch.Tensor, torch.Tensor]] = []
         add_rollouts = stats.add_rollouts
-        stats.add_rollouts = lambda sums, counts, adv: (
+        stats.add_rollouts = lambda sums, counts, *rest: (
             got.append((sums, counts)),
-            add_rollouts(sums, counts, adv),
+            add_rollouts(sums, counts, *rest),
         )
         score_virtual(stats, inputs, per_token)
         del stats.add_rollouts
@@ -506,3 +507,51 @@ def test_fold_implementation_is_checked_at_construction(tokenizer, model, tmp_pa
         with pytest.raises(ValueError, match="implementation=.triton. runs on CUDA or XPU"):
             build("triton")
     assert build("torch")._seam.implementation == "torch"
+
+
+def test_round_fills_rewards_groups_and_lengths(tokenizer, model, tmp_path):
+    """The Counterfactual's rewards, groups and lengths, against what the reward function saw.
+
+    Two micro-batches per round (TRL shuffles the round's rows before splitting them): every
+    feedback row's (group, reward, length) is one of the round's completions, with group =
+    its row // num_generations in TRL's order, reward = digit_reward of its text and length = its
+    completion tokens; rollouts of one group share their prompt.
+    """
+    seen: list[list[tuple[str, int, float]]] = []  # per round: (prompt, length, reward) by row
+
+    def recording_reward(prompts, completions, completion_ids, **kwargs):
+        rewards = digit_reward(prompts, completions)
+        seen.append(
+            [(p, len(c), r) for p, c, r in zip(prompts, completion_ids, rewards, strict=True)]
+        )
+        return rewards
+
+    args = make_config(tmp_path, max_steps=2, steps_per_generation=2, gradient_accumulation_steps=2)
+    controller = mc.Informativeness(seed=0)
+    feedbacks: list[mc.Counterfactual] = []
+    update = controller.update
+    controller.update = lambda fb: (feedbacks.append(fb), update(fb))[1]  # type: ignore[method-assign]
+    trainer = MetaGRPOTrainer(
+        model=model,
+        reward_funcs=recording_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=controller,
+    )
+    trainer.train()
+    assert len(feedbacks) == 2 and len(seen) == 2
+    for fb, rows in zip(feedbacks, seen, strict=True):
+        assert fb.rewards is not None and fb.groups is not None and fb.lengths is not None
+        want = sorted((j // 4, float(np.float32(r)), float(n)) for j, (_, n, r) in enumerate(rows))
+        got = sorted(zip(fb.groups.tolist(), fb.rewards.tolist(), fb.lengths.tolist(), strict=True))
+        assert len(got) == len(rows) == 8
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=0, atol=1e-12)
+        for j, (prompt, _, _) in enumerate(rows):  # a group is one prompt's completions
+            assert prompt == rows[(j // 4) * 4][0]
+    logged = [
+        h["meta/sharpness_advantage_covariance"]
+        for h in trainer.state.log_history
+        if "meta/sharpness_advantage_covariance" in h
+    ]
+    assert len(logged) == 2 and all(np.isfinite(logged))
