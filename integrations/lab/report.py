@@ -12,6 +12,7 @@ use that answer.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -32,7 +33,9 @@ from metactl.integrations.lab.rundir import (
     logged_arm,
     read_meta,
     read_metrics,
+    printable,
     read_rollouts,
+    shown,
 )
 from metactl.metric_keys import MEAN, SIGMA, TEMPERATURE, meta_key, prob_key
 from metactl.spaces import Box
@@ -53,10 +56,16 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None, float | None]:
     m = float(arr.mean())
     if arr.size == 1:
         return (m, None, None)
+    half = float(_t975(arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
+    return (m, m - half, m + half)
+
+
+@functools.lru_cache(maxsize=64)
+def _t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (one per seed count)."""
     from scipy import stats
 
-    half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
-    return (m, m - half, m + half)
+    return float(stats.t.ppf(0.975, df))
 
 
 def _interval(low: float | None, high: float | None) -> list[float] | None:
@@ -193,9 +202,8 @@ def _fmt_ci(m: float, ci: list[float] | None, scale: float = 100.0) -> str:
 
 
 def table_cell(text: str) -> str:
-    """``text`` as one Markdown table cell: ``|`` and backslashes escaped, line breaks shown as ``\\n``."""
-    escaped = text.replace("\\", "\\\\").replace("|", "\\|")
-    return escaped.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    """``text`` as one Markdown table cell: shown escaped (:func:`~.rundir.shown`), ``|`` as ``\\|``."""
+    return shown(text).replace("|", "\\|")
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -252,9 +260,10 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         ]
         for inc in summary["incomplete"]:
             why = f"; {inc['problem']}" if inc.get("problem") else ""
-            lines.append(f"- unfinished: `{inc['run']}` (last logged step {inc['last_step']}{why})")
+            run = printable(inc["run"])
+            lines.append(f"- unfinished: `{run}` (last logged step {inc['last_step']}{why})")
         for miss in summary.get("missing", []):
-            lines.append(f"- not started: `{miss['run']}`")
+            lines.append(f"- not started: `{printable(miss['run'])}`")
         lines.append("")
     if figure:
         lines += [f"![report]({REPORT_PNG})", ""]
@@ -368,6 +377,26 @@ def _preferred(runs: list[RunRef]) -> dict[str, Any]:
     return out
 
 
+def _legend(label: str) -> str:
+    """A label as matplotlib draws it literally: escaped (:func:`shown`), ``$`` not mathtext."""
+    return shown(label).replace("$", r"\$")
+
+
+def _curve_stats(
+    curves: list[Curve],
+) -> tuple[list[int], list[tuple[float, float | None, float | None]]]:
+    """The steps of ``curves`` and, at each, :func:`mean_ci95` of the accuracies logged there.
+
+    Linear in the points: each is put under its step once (a million-step curve draws).
+    """
+    by_step: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, accuracy in curve:
+            by_step.setdefault(step, []).append(accuracy)
+    steps = sorted(by_step)
+    return steps, [mean_ci95(by_step[s]) for s in steps]
+
+
 def _plot_curves(
     ax: Any, summary: dict[str, Any], runs: list[RunRef], specs: dict[str, ControllerSpec]
 ) -> None:
@@ -377,13 +406,12 @@ def _plot_curves(
         done = [_curve(r) for r in mine if r.status == "finished"]
         color = None
         if done:
-            steps = sorted({s for run in done for s, _ in run})
-            stats = [mean_ci95([a for run in done for s2, a in run if s2 == s]) for s in steps]
+            steps, stats = _curve_stats(done)
             m = np.array([x[0] for x in stats])
             of = per_label.get(label, len(done))
             n = f"n={len(done)}" if of == len(done) else f"n={len(done)} of {of}"
             lw = 2 if _is_tampo(specs.get(label)) else 1.3
-            (line,) = ax.plot(steps, m * 100, label=f"{label} ({n})", lw=lw)
+            (line,) = ax.plot(steps, m * 100, label=f"{_legend(label)} ({n})", lw=lw)
             color = line.get_color()
             # A band only where at least two seeds give an interval.
             band = [
@@ -408,7 +436,7 @@ def _plot_curves(
                     ls="--",
                     lw=1,
                     color=color,
-                    label=f"{label} seed {run.seed} (unfinished)",
+                    label=f"{_legend(label)} seed {run.seed} (unfinished)",
                 )
                 color = line.get_color()
     ax.set_xlabel("GRPO step")
@@ -478,7 +506,7 @@ def _plot_meta_policy(
         ax.plot(steps, mp["temps"], "k.", ms=3, label="sampled temperature")
         ax.set_ylabel("temperature")
     ax.set_xlabel("GRPO step")
-    ax.set_title(f"{run.label} meta-policy ({which})")
+    ax.set_title(f"{_legend(run.label)} meta-policy ({which})")
     ax.legend(fontsize=8, loc="upper right")
 
 
