@@ -700,7 +700,7 @@ def _parse_text(p: Path, text: str) -> Any:
 
         raise DependencyNotInstalled("pyyaml", "lab") from exc
     try:
-        return yaml.load(text, Loader=_loader(yaml))  # noqa: S506  # a SafeLoader
+        return yaml.load(text, Loader=_loader(yaml))  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
@@ -722,6 +722,10 @@ def _json_object(p: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             )
         obj[key] = value
     return obj
+
+
+#: The tag of YAML's merge key (``<<: *base``), whose merged keys a mapping may override.
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _loader(yaml: Any) -> Any:
@@ -750,9 +754,6 @@ def _loader(yaml: Any) -> Any:
             return super().construct_mapping(node, deep=deep)
 
     return ConfigLoader
-
-
-MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 #: The demo's warm start: 2-digit addition, this many steps (shipped, :mod:`.testbed.shipped`).

@@ -31,9 +31,9 @@ from metactl.integrations.lab.rundir import (
     check_files,
     expected_runs,
     logged_arm,
+    printable,
     read_meta,
     read_metrics,
-    printable,
     read_rollouts,
     shown,
 )
@@ -355,9 +355,31 @@ def parse_meta_policy(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+#: The most points of one line (or columns of a heatmap) drawn: the figure is about 2,000
+#: pixels wide, and drawing a million-step run point by point takes minutes.
+MAX_DRAWN_POINTS = 2000
+
+
+def _thin(n: int) -> list[int]:
+    """The indices of at most :data:`MAX_DRAWN_POINTS` of ``n`` points, evenly spread, ends kept."""
+    if n <= MAX_DRAWN_POINTS:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (MAX_DRAWN_POINTS - 1)) for i in range(MAX_DRAWN_POINTS)})
+
+
 def _meta_policy(run: RunRef) -> dict[str, Any] | None:
-    """What one run logged of its meta-policy (:func:`parse_meta_policy` of its metrics)."""
-    return parse_meta_policy(read_metrics(run.path))
+    """What one run logged of its meta-policy (:func:`parse_meta_policy` of its metrics), thinned
+    to :data:`MAX_DRAWN_POINTS` steps for drawing."""
+    policy = parse_meta_policy(read_metrics(run.path))
+    if policy is None:
+        return None
+    keep = _thin(len(policy["steps"]))
+    for key in ("steps", "temps"):
+        policy[key] = [policy[key][i] for i in keep]
+    for key in ("probs", "mean", "sigma"):
+        if key in policy:
+            policy[key] = policy[key][keep]
+    return policy
 
 
 def _preferred(runs: list[RunRef]) -> dict[str, Any]:
@@ -385,16 +407,18 @@ def _legend(label: str) -> str:
 def _curve_stats(
     curves: list[Curve],
 ) -> tuple[list[int], list[tuple[float, float | None, float | None]]]:
-    """The steps of ``curves`` and, at each, :func:`mean_ci95` of the accuracies logged there.
+    """The steps of ``curves`` to draw and, at each, :func:`mean_ci95` of the accuracies there.
 
-    Linear in the points: each is put under its step once (a million-step curve draws).
+    Linear in the points: each is put under its step once, and the statistics are taken at
+    the :data:`MAX_DRAWN_POINTS` steps drawn (:func:`_thin`), so a million-step curve draws.
     """
     by_step: dict[int, list[float]] = {}
     for curve in curves:
         for step, accuracy in curve:
             by_step.setdefault(step, []).append(accuracy)
     steps = sorted(by_step)
-    return steps, [mean_ci95(by_step[s]) for s in steps]
+    drawn = [steps[i] for i in _thin(len(steps))]
+    return drawn, [mean_ci95(by_step[s]) for s in drawn]
 
 
 def _plot_curves(
@@ -429,6 +453,7 @@ def _plot_curves(
                 )
         for run in mine:
             curve = _curve(run) if run.status == "unfinished" else []
+            curve = [curve[i] for i in _thin(len(curve))]
             if curve:
                 (line,) = ax.plot(
                     [s for s, _ in curve],

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -155,14 +156,17 @@ def read_regular(path: Path, limit: int, *, follow_links: bool = False) -> bytes
         if exc.errno == errno.ELOOP and not follow_links:
             raise LinkedFile("is a symbolic link, not a regular file") from None
         raise
+    too_large = NotRegularFile(f"is larger than {_size(limit)}, the most the lab reads")
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         problem = _not_regular(info.st_mode)
         if problem is not None:
             raise NotRegularFile(problem)
-        data = f.read(limit + 1)
-    if max(info.st_size, len(data)) > limit:
-        raise NotRegularFile(f"is larger than {_size(limit)}, the most the lab reads")
+        if info.st_size > limit:
+            raise too_large
+        data = f.read(limit + 1)  # at most one byte more than allowed, should it have grown
+    if len(data) > limit:
+        raise too_large
     return data
 
 
@@ -641,7 +645,7 @@ def _curve_problem(curve: Any, steps: int | None, eval_every: int | None) -> str
     ):
         return "'curve' must be a non-empty list of [step, accuracy] pairs"
     points = [p[0] for p in curve]
-    if points[0] != 0 or any(b <= a for a, b in zip(points, points[1:], strict=False)):
+    if points[0] != 0 or any(b <= a for a, b in itertools.pairwise(points)):
         return "'curve' steps must increase from step 0"
     if steps is None:
         return None
