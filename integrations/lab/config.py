@@ -735,7 +735,7 @@ def _loader(yaml: Any) -> Any:
     Keys merged in with ``<<:`` may be overridden, as YAML intends.
     """
 
-    class ConfigLoader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+    class ConfigLoader(yaml.SafeLoader):  # type: ignore[misc]
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             first: dict[Any, int] = {}
             for key_node, _ in node.value:
