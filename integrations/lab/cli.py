@@ -44,8 +44,14 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 
 def _fail(message: str) -> int:
-    """Print a one-line error (it names the fix) and return the bad-input exit status."""
-    print(f"metactl: {message}", file=sys.stderr)
+    """Print a one-line error (it names the fix) and return the bad-input exit status.
+
+    Characters that would drive the terminal (an ANSI escape in a label or a path, a bidi
+    override, a newline) are printed escaped.
+    """
+    from metactl.integrations.lab.rundir import printable
+
+    print(f"metactl: {printable(message)}", file=sys.stderr)
     return 2
 
 
@@ -80,6 +86,7 @@ def _run(
     from metactl.integrations.lab.device import resolve_device
     from metactl.integrations.lab.rundir import RunFolderError, check_out
     from metactl.integrations.lab.runner import run_compare
+    from metactl.integrations.lab.testbed.warmstart import WarmStartCacheError
 
     try:
         device = resolve_device(args.device)
@@ -131,7 +138,7 @@ def _run(
             device=device,
             workers=args.workers,
         )
-    except RunFolderError as exc:
+    except (RunFolderError, WarmStartCacheError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         print(f"\nmetactl: interrupted; finished runs and the report are in {out}", file=sys.stderr)
@@ -197,7 +204,13 @@ def _cmd_plot(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     )
 
     out = Path(args.run_dir)
-    if not (out / RUNS_DIR).exists() and not (out / CONFIG_FILE).exists():
+    try:
+        is_run_folder = (out / RUNS_DIR).exists() or (out / CONFIG_FILE).exists()
+    except OSError as exc:  # e.g. a name longer than the file system takes
+        return _fail(
+            f"plot: {out}: cannot read it ({exc.strerror}); pass the --out folder of a demo or compare run"
+        )
+    if not is_run_folder:
         return _fail(
             f"plot: {out} is not a metactl run folder (no {RUNS_DIR}/ or {CONFIG_FILE} inside); "
             "pass the --out folder of a demo or compare run"

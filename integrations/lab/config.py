@@ -39,7 +39,7 @@ from metactl.controllers import (
     SlidingWindowUCB,
 )
 from metactl.errors import require
-from metactl.integrations.lab.rundir import folder_names, not_utf8
+from metactl.integrations.lab.rundir import NotRegularFile, folder_names, not_utf8, read_regular
 from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES, MAX_EVAL_SIZE, max_eval_size
 from metactl.integrations.lab.testbed.warmstart import WarmStartConfig
 from metactl.spaces import Box, Discrete
@@ -67,6 +67,14 @@ MAX_SEEDS = 1000
 MAX_SEED = 2**32 - 1
 #: The most GRPO steps of one run.
 MAX_STEPS = 1_000_000
+#: The largest config file read (bytes): a config is a few lines.
+MAX_CONFIG_BYTES = 1 << 20
+#: The most values (mappings, lists, scalars) of a config, each counted wherever it appears:
+#: a YAML alias repeats its anchor's values, and nine levels of nine aliases a billion times.
+MAX_CONFIG_VALUES = 100_000
+#: The most field errors one message lists, and the longest one shown (characters).
+MAX_ERRORS_SHOWN = 5
+MAX_ERROR_CHARS = 300
 #: The first confirmation seed. Seeds below it are development seeds, run while choosing a
 #: task, a setting or a controller option; seeds from it up are confirmation seeds, run only
 #: by a config declared ``evidence: confirmation``, once every choice is fixed.
@@ -522,9 +530,30 @@ class CompareConfig(BaseModel):
                 raise ConfigError(f"controllers[{i}] ({spec.kind}): {exc}") from exc
 
 
+def _short_repr(value: Any) -> str:
+    """A repr of a scalar input for an error, at most about 80 characters, built in O(80) time.
+
+    A string is cut before its repr is taken (a config's value can be megabytes), and an
+    integer too long to print in full (Python refuses over 4300 digits) is described.
+    """
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else f"{value[:60]!r}... ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _cut(line: str) -> str:
+    if len(line) <= MAX_ERROR_CHARS:
+        return line
+    return f"{line[: MAX_ERROR_CHARS - 20]}... ({len(line)} characters)"
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
-    for e in err.errors():
+    errors = err.errors(include_url=False, include_context=False)
+    for e in errors:
         if e["type"] == "int_type" and isinstance(e.get("input"), list):
             continue  # the int branch of `int | list[...]`: the list branch says what is wrong
         parts: list[str] = []
@@ -539,24 +568,72 @@ def _format_errors(err: ValidationError) -> str:
                 parts.append(("." if parts else "") + str(p))
         where = "".join(parts) or "config"
         got = e.get("input")
-        text = repr(got)
-        text = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {text})"
+        # No repr of a mapping or a list: it may be huge (or, from Python, shared many times).
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {_short_repr(got)})"
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(msg if not e["loc"] else f"{where}: {msg}{shown}")
+        lines.append(_cut(msg if not e["loc"] else f"{where}: {msg}{shown}"))
+    if len(lines) > MAX_ERRORS_SHOWN:
+        more = len(lines) - MAX_ERRORS_SHOWN
+        lines = [*lines[:MAX_ERRORS_SHOWN], f"and {more} more error{'s' if more > 1 else ''}"]
     # One line, so that the command's error is one line too.
     return "invalid compare config: " + "; ".join(lines)
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds once shared containers are repeated, counted up to ``limit + 1``.
+
+    YAML aliases make one list or mapping appear in many places; validation (and any repr)
+    visits each place, so a 1 KB file of nested aliases can stand for a billion values. This
+    counts each container once (a depth-first pass with the size of each remembered), in time
+    linear in the file.
+
+    Raises:
+        ConfigError: a container holds itself (an alias inside its own anchor).
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()  # containers whose values are being counted
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, counted = stack.pop()
+        if not isinstance(value, dict | list):
+            continue
+        key = id(value)
+        children = list(value.values()) if isinstance(value, dict) else value
+        if counted:
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            sizes[key] = min(total, limit + 1)
+            open_.discard(key)
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise ConfigError(
+                "invalid compare config: a value holds itself (a YAML alias inside its own "
+                "anchor); write the value out"
+            )
+        open_.add(key)
+        stack.append((value, True))
+        stack.extend((c, False) for c in children if isinstance(c, dict | list))
+    return sizes.get(id(data), 1)
 
 
 def parse_config(data: Any) -> CompareConfig:
     """Validate a mapping (e.g. parsed YAML) into a :class:`CompareConfig`.
 
     Raises:
-        ConfigError: naming each invalid field.
+        ConfigError: naming each invalid field (the first :data:`MAX_ERRORS_SHOWN`, values
+            cut short), or holding more than :data:`MAX_CONFIG_VALUES` values once shared
+            containers (YAML aliases) are counted wherever they appear, or holding itself.
     """
     if not isinstance(data, dict):
         raise ConfigError(
             f"invalid compare config: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    if _expanded_size(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"invalid compare config: more than {MAX_CONFIG_VALUES} values once its YAML aliases "
+            "are expanded (a compare config holds a few dozen); write it without aliases that "
+            "repeat other aliases"
         )
     try:
         cfg = CompareConfig.model_validate(data)
@@ -571,13 +648,21 @@ def parse_config(data: Any) -> CompareConfig:
 def load_config(path: str | Path) -> CompareConfig:
     """Read and validate a YAML (``.yaml``/``.yml``) or JSON compare config.
 
+    The file is read only when it is a regular file (or a link to one) of at most
+    :data:`MAX_CONFIG_BYTES`: a FIFO or a device such as ``/dev/zero`` is refused unread.
+
     Raises:
-        ConfigError: the file is unreadable, not UTF-8, not YAML/JSON (names the line), nested
-            too deeply, or invalid (names the field); the message is one line.
+        ConfigError: the file is unreadable, not a regular file, too large, not UTF-8, not
+            YAML/JSON (names the line), holds a key twice (names the key and line), nested too
+            deeply, or invalid (names the field); the message is one line.
     """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = read_regular(p, MAX_CONFIG_BYTES, follow_links=True)
+    except NotRegularFile as exc:
+        raise ConfigError(
+            f"config {p}: {exc}; pass a YAML or JSON file (a compare config is a few lines)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from None
     try:
@@ -599,11 +684,15 @@ def _parse_text(p: Path, text: str) -> Any:
     """
     if p.suffix == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=lambda pairs: _json_object(p, pairs))
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 f"{p}, line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"
             ) from None
+        except ConfigError:
+            raise
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise ConfigError(f"{p}: not valid JSON ({' '.join(str(exc).split())})") from None
     try:
         import yaml
     except ImportError as exc:  # pragma: no cover - pyyaml is in the lab extra
@@ -611,7 +700,7 @@ def _parse_text(p: Path, text: str) -> Any:
 
         raise DependencyNotInstalled("pyyaml", "lab") from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_loader(yaml))  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
@@ -619,6 +708,52 @@ def _parse_text(p: Path, text: str) -> Any:
         raise ConfigError(f"{p}{where}: not valid YAML ({problem})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+def _json_object(p: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of a config, refusing a key given twice (JSON would keep the last)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ConfigError(
+                f"{p}: not valid JSON (key {key!r} given twice in an object); keep one"
+            )
+        obj[key] = value
+    return obj
+
+
+#: The tag of YAML's merge key (``<<: *base``), whose merged keys a mapping may override.
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _loader(yaml: Any) -> Any:
+    """PyYAML's ``SafeLoader``, refusing a key given twice in a mapping (YAML keeps the last).
+
+    ``steps: 2`` then ``steps: 1000000`` would otherwise train a million steps silently.
+    Keys merged in with ``<<:`` may be overridden, as YAML intends.
+    """
+
+    class ConfigLoader(yaml.SafeLoader):  # type: ignore[misc]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} given twice (first on line {first[key]}); keep one",
+                        key_node.start_mark,
+                    )
+                first[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return ConfigLoader
 
 
 #: The demo's warm start: 2-digit addition, this many steps (shipped, :mod:`.testbed.shipped`).

@@ -12,6 +12,7 @@ use that answer.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -30,9 +31,11 @@ from metactl.integrations.lab.rundir import (
     check_files,
     expected_runs,
     logged_arm,
+    printable,
     read_meta,
     read_metrics,
     read_rollouts,
+    shown,
 )
 from metactl.metric_keys import MEAN, SIGMA, TEMPERATURE, meta_key, prob_key
 from metactl.spaces import Box
@@ -53,10 +56,16 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None, float | None]:
     m = float(arr.mean())
     if arr.size == 1:
         return (m, None, None)
+    half = float(_t975(arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
+    return (m, m - half, m + half)
+
+
+@functools.lru_cache(maxsize=64)
+def _t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (one per seed count)."""
     from scipy import stats
 
-    half = float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
-    return (m, m - half, m + half)
+    return float(stats.t.ppf(0.975, df))
 
 
 def _interval(low: float | None, high: float | None) -> list[float] | None:
@@ -193,9 +202,8 @@ def _fmt_ci(m: float, ci: list[float] | None, scale: float = 100.0) -> str:
 
 
 def table_cell(text: str) -> str:
-    """``text`` as one Markdown table cell: ``|`` and backslashes escaped, line breaks shown as ``\\n``."""
-    escaped = text.replace("\\", "\\\\").replace("|", "\\|")
-    return escaped.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    """``text`` as one Markdown table cell: shown escaped (:func:`~.rundir.shown`), ``|`` as ``\\|``."""
+    return shown(text).replace("|", "\\|")
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -252,9 +260,10 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         ]
         for inc in summary["incomplete"]:
             why = f"; {inc['problem']}" if inc.get("problem") else ""
-            lines.append(f"- unfinished: `{inc['run']}` (last logged step {inc['last_step']}{why})")
+            run = printable(inc["run"])
+            lines.append(f"- unfinished: `{run}` (last logged step {inc['last_step']}{why})")
         for miss in summary.get("missing", []):
-            lines.append(f"- not started: `{miss['run']}`")
+            lines.append(f"- not started: `{printable(miss['run'])}`")
         lines.append("")
     if figure:
         lines += [f"![report]({REPORT_PNG})", ""]
@@ -346,9 +355,31 @@ def parse_meta_policy(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+#: The most points of one line (or columns of a heatmap) drawn: the figure is about 2,000
+#: pixels wide, and drawing a million-step run point by point takes minutes.
+MAX_DRAWN_POINTS = 2000
+
+
+def _thin(n: int) -> list[int]:
+    """The indices of at most :data:`MAX_DRAWN_POINTS` of ``n`` points, evenly spread, ends kept."""
+    if n <= MAX_DRAWN_POINTS:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (MAX_DRAWN_POINTS - 1)) for i in range(MAX_DRAWN_POINTS)})
+
+
 def _meta_policy(run: RunRef) -> dict[str, Any] | None:
-    """What one run logged of its meta-policy (:func:`parse_meta_policy` of its metrics)."""
-    return parse_meta_policy(read_metrics(run.path))
+    """What one run logged of its meta-policy (:func:`parse_meta_policy` of its metrics), thinned
+    to :data:`MAX_DRAWN_POINTS` steps for drawing."""
+    policy = parse_meta_policy(read_metrics(run.path))
+    if policy is None:
+        return None
+    keep = _thin(len(policy["steps"]))
+    for key in ("steps", "temps"):
+        policy[key] = [policy[key][i] for i in keep]
+    for key in ("probs", "mean", "sigma"):
+        if key in policy:
+            policy[key] = policy[key][keep]
+    return policy
 
 
 def _preferred(runs: list[RunRef]) -> dict[str, Any]:
@@ -368,6 +399,28 @@ def _preferred(runs: list[RunRef]) -> dict[str, Any]:
     return out
 
 
+def _legend(label: str) -> str:
+    """A label as matplotlib draws it literally: escaped (:func:`shown`), ``$`` not mathtext."""
+    return shown(label).replace("$", r"\$")
+
+
+def _curve_stats(
+    curves: list[Curve],
+) -> tuple[list[int], list[tuple[float, float | None, float | None]]]:
+    """The steps of ``curves`` to draw and, at each, :func:`mean_ci95` of the accuracies there.
+
+    Linear in the points: each is put under its step once, and the statistics are taken at
+    the :data:`MAX_DRAWN_POINTS` steps drawn (:func:`_thin`), so a million-step curve draws.
+    """
+    by_step: dict[int, list[float]] = {}
+    for curve in curves:
+        for step, accuracy in curve:
+            by_step.setdefault(step, []).append(accuracy)
+    steps = sorted(by_step)
+    drawn = [steps[i] for i in _thin(len(steps))]
+    return drawn, [mean_ci95(by_step[s]) for s in drawn]
+
+
 def _plot_curves(
     ax: Any, summary: dict[str, Any], runs: list[RunRef], specs: dict[str, ControllerSpec]
 ) -> None:
@@ -377,13 +430,12 @@ def _plot_curves(
         done = [_curve(r) for r in mine if r.status == "finished"]
         color = None
         if done:
-            steps = sorted({s for run in done for s, _ in run})
-            stats = [mean_ci95([a for run in done for s2, a in run if s2 == s]) for s in steps]
+            steps, stats = _curve_stats(done)
             m = np.array([x[0] for x in stats])
             of = per_label.get(label, len(done))
             n = f"n={len(done)}" if of == len(done) else f"n={len(done)} of {of}"
             lw = 2 if _is_tampo(specs.get(label)) else 1.3
-            (line,) = ax.plot(steps, m * 100, label=f"{label} ({n})", lw=lw)
+            (line,) = ax.plot(steps, m * 100, label=f"{_legend(label)} ({n})", lw=lw)
             color = line.get_color()
             # A band only where at least two seeds give an interval.
             band = [
@@ -401,6 +453,7 @@ def _plot_curves(
                 )
         for run in mine:
             curve = _curve(run) if run.status == "unfinished" else []
+            curve = [curve[i] for i in _thin(len(curve))]
             if curve:
                 (line,) = ax.plot(
                     [s for s, _ in curve],
@@ -408,7 +461,7 @@ def _plot_curves(
                     ls="--",
                     lw=1,
                     color=color,
-                    label=f"{label} seed {run.seed} (unfinished)",
+                    label=f"{_legend(label)} seed {run.seed} (unfinished)",
                 )
                 color = line.get_color()
     ax.set_xlabel("GRPO step")
@@ -478,7 +531,7 @@ def _plot_meta_policy(
         ax.plot(steps, mp["temps"], "k.", ms=3, label="sampled temperature")
         ax.set_ylabel("temperature")
     ax.set_xlabel("GRPO step")
-    ax.set_title(f"{run.label} meta-policy ({which})")
+    ax.set_title(f"{_legend(run.label)} meta-policy ({which})")
     ax.legend(fontsize=8, loc="upper right")
 
 

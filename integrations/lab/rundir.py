@@ -41,13 +41,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import math
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -80,12 +82,142 @@ NAME_MAX = 255
 #: at a bound means "at most/at least this", not a measurement.
 PREFERRED_BOUNDS = (0.05, 10.0)
 
+#: The largest ``metrics.jsonl``/``rollouts.jsonl`` the lab reads (bytes): a million logged steps.
+MAX_JSONL_BYTES = 1 << 30
+#: The largest ``config.json``/``result.json`` the lab reads (bytes): a million-point curve.
+MAX_JSON_BYTES = 64 << 20
+
 
 class RunFolderError(ValueError):
     """``--out`` cannot hold this experiment, or a file of it is unreadable.
 
     The message is one line that names the folder or file (and line) and the fix.
     """
+
+
+class NotRegularFile(ValueError):
+    """A file the lab would read is a link, not a regular file, or larger than its cap.
+
+    The message says what the file is (``"is a FIFO, not a regular file"``), without its path:
+    the caller names the file and the fix.
+    """
+
+
+class LinkedFile(NotRegularFile):
+    """A file the lab would read without following links is a symbolic link."""
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file of this mode is, when it is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    return f"is {kind}, not a regular file"
+
+
+def read_regular(path: Path, limit: int, *, follow_links: bool = False) -> bytes:
+    """The bytes of ``path``, read only when it is a regular file of at most ``limit`` bytes.
+
+    The one reader of the lab's files (compare configs, run folders, warm-start caches): a
+    FIFO, a device (``/dev/zero``), a folder or a file over the cap is refused before a byte
+    is read, so no file can hang a command or exhaust its memory. The file is opened without
+    blocking and checked again once open (it cannot be swapped in between).
+
+    Args:
+        path: the file.
+        limit: the most bytes it may hold.
+        follow_links: read the file a symbolic link points to; without it, a link is refused
+            (a run folder holds its files itself).
+
+    Raises:
+        FileNotFoundError: there is no ``path``.
+        NotRegularFile: ``path`` is not a regular file or larger than ``limit``; the message
+            says which (:class:`LinkedFile`: a symbolic link, without ``follow_links``).
+        OSError: ``path`` cannot be opened or read.
+    """
+    info = os.stat(path) if follow_links else os.lstat(path)
+    problem = _not_regular(info.st_mode)
+    if problem is not None:
+        raise (LinkedFile if stat.S_ISLNK(info.st_mode) else NotRegularFile)(problem)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise LinkedFile("is a symbolic link, not a regular file") from None
+        raise
+    too_large = NotRegularFile(f"is larger than {_size(limit)}, the most the lab reads")
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        problem = _not_regular(info.st_mode)
+        if problem is not None:
+            raise NotRegularFile(problem)
+        if info.st_size > limit:
+            raise too_large
+        data = f.read(limit + 1)  # at most one byte more than allowed, should it have grown
+    if len(data) > limit:
+        raise too_large
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+#: The fix of a run folder reached through (or holding) a symbolic link.
+LINK_FIX = (
+    "a run folder holds its runs itself and metactl neither reads, deletes nor writes through "
+    "a link: replace the link by a copy of what it points to, or remove it"
+)
+
+
+def refuse_links(paths: Iterable[Path]) -> None:
+    """Refuse the first of ``paths`` that is a symbolic link (one line naming it and the fix).
+
+    Raises:
+        RunFolderError: a path is a symbolic link.
+    """
+    for path in paths:
+        if path.is_symlink():
+            raise RunFolderError(f"{path}: is a symbolic link; {LINK_FIX}")
+
+
+def check_run_path(run_dir: Path) -> None:
+    """Refuse a run folder ``OUT/runs/<label>/seed<k>`` reached through or holding a link.
+
+    ``runs``, ``runs/<label>`` and ``seed<k>`` must be folders of their own, and nothing
+    directly in ``seed<k>`` a link, so that every path a run reads, deletes or writes
+    resolves under ``OUT``.
+
+    Raises:
+        RunFolderError: one of them is a symbolic link (names it).
+    """
+    refuse_links([run_dir.parent.parent, run_dir.parent, run_dir])
+    if run_dir.is_dir():
+        refuse_links(sorted(run_dir.iterdir()))
+
+
+def fresh_run_dir(run_dir: Path) -> None:
+    """Empty (or create) the folder of a run that starts over; nothing outside it is touched.
+
+    Raises:
+        RunFolderError: the folder is reached through or holds a symbolic link
+            (:func:`check_run_path`); nothing is deleted.
+    """
+    check_run_path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -124,8 +256,12 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON object as a line (a crash leaves at most one torn last line)."""
-    with path.open("a", encoding="utf-8") as f:
+    """Append one JSON object as a line (a crash leaves at most one torn last line).
+
+    A symbolic link at ``path`` is refused (``OSError``), never written through.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(path, flags, 0o666), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -176,6 +312,36 @@ def folder_error(out: Path, exc: OSError) -> RunFolderError:
 
 
 # --- names ----------------------------------------------------------------------------------------
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable shown as its escape, on one line.
+
+    Controls (ANSI escapes, NUL), format characters (bidi overrides such as ``U+202E``), line
+    and paragraph separators and surrogates become ``\\x1b``, ``\\u202e``...; newlines and
+    tabs ``\\n`` and ``\\t``. What the lab prints of files someone else may have written
+    goes through it, so no such file can drive the terminal or reorder a line.
+    """
+    return "".join(_ESCAPES.get(ch) or (ch if ch.isprintable() else _escaped(ch)) for ch in text)
+
+
+def shown(label: str) -> str:
+    """A controller label as the lab prints it (terminal, ``report.md``, figure).
+
+    :func:`printable` with backslashes doubled, so that the shown label reads back
+    unambiguously (``"a\\nb"`` and ``"a<newline>b"`` differ).
+    """
+    return printable(label.replace("\\", "\\\\"))
 
 
 def slug(label: str) -> str:
@@ -233,17 +399,24 @@ def run_dir_for(out: Path, label: str, seed: int) -> Path:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str:
-    """The UTF-8 text of ``path``.
+def _read_text(path: Path, limit: int) -> str | None:
+    """The UTF-8 text of ``path`` (a regular file of at most ``limit`` bytes), or None without one.
 
     Raises:
-        RunFolderError: ``path`` is a directory, unreadable or not UTF-8 (names the file and
-            the line of the first bad byte).
+        RunFolderError: ``path`` is a symbolic link, a folder, a FIFO or a device, larger than
+            ``limit``, unreadable or not UTF-8 (names the file, the line of the first bad
+            byte, and the fix).
     """
     try:
-        raw = path.read_bytes()
-    except IsADirectoryError:
-        raise RunFolderError(f"{path}: is a folder, not a file; remove it") from None
+        raw = read_regular(path, limit)
+    except FileNotFoundError:
+        return None
+    except LinkedFile as exc:
+        raise RunFolderError(f"{path}: {exc}; {LINK_FIX}") from None
+    except NotRegularFile as exc:
+        raise RunFolderError(
+            f"{path}: {exc}; the run folder is corrupted: remove it or the run holding it"
+        ) from None
     except OSError as exc:
         raise RunFolderError(f"{path}: cannot read ({exc.strerror})") from None
     try:
@@ -332,9 +505,10 @@ def read_jsonl(
         RunFolderError: a line that is not JSON, not an object or wrongly typed, or a file that
             is not UTF-8 or is a folder; names the file and the line.
     """
-    if not path.exists():
+    text = _read_text(path, MAX_JSONL_BYTES)
+    if text is None:
         return []
-    lines = _read_text(path).split("\n")
+    lines = text.split("\n")
     check = {"metrics": _metrics_problem, "rollouts": _rollouts_problem}.get(
         kind or "", _any_record
     )
@@ -418,9 +592,9 @@ def read_meta(out: Path) -> dict[str, Any]:
             names the file (and line).
     """
     path = out / CONFIG_FILE
-    if not path.exists():
+    text = _read_text(path, MAX_JSON_BYTES)
+    if text is None:
         return {}
-    text = _read_text(path)
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -435,7 +609,9 @@ def read_meta(out: Path) -> dict[str, Any]:
     return meta  # type: ignore[no-any-return]  # checked by _meta_problem
 
 
-def _result_problem(result: Any, expect: Mapping[str, Any]) -> str | None:
+def _result_problem(
+    result: Any, expect: Mapping[str, Any], eval_every: int | None = None
+) -> str | None:
     """Why a parsed ``result.json`` does not mark a finished run, or None when it does."""
     if not isinstance(result, dict):
         return "not a JSON object"
@@ -449,7 +625,16 @@ def _result_problem(result: Any, expect: Mapping[str, Any]) -> str | None:
     for key in ("initial_accuracy", "final_accuracy", "auc", "wall_time_s"):
         if not _is_finite(result.get(key)):
             return f"'{key}' must be a finite number, got {result.get(key)!r}"
-    curve = result.get("curve")
+    steps = expect.get("steps", result.get("steps"))
+    return _curve_problem(result.get("curve"), steps if _is_count(steps) else None, eval_every)
+
+
+def _curve_problem(curve: Any, steps: int | None, eval_every: int | None) -> str | None:
+    """What is wrong with a result's curve of a run of ``steps`` steps, or None.
+
+    The curve holds step 0, every multiple of ``eval_every`` and the last step, increasing;
+    so it has at most ``steps // eval_every + 2`` points (checked in one pass).
+    """
     if not (
         isinstance(curve, list)
         and curve
@@ -459,11 +644,20 @@ def _result_problem(result: Any, expect: Mapping[str, Any]) -> str | None:
         )
     ):
         return "'curve' must be a non-empty list of [step, accuracy] pairs"
+    points = [p[0] for p in curve]
+    if points[0] != 0 or any(b <= a for a, b in itertools.pairwise(points)):
+        return "'curve' steps must increase from step 0"
+    if steps is None:
+        return None
+    if points[-1] != steps:
+        return f"'curve' must end at step {steps}, ends at {points[-1]}"
+    if eval_every is not None and any(s % eval_every and s != steps for s in points):
+        return f"'curve' holds a step that is not an evaluation (every {eval_every} steps)"
     return None
 
 
 def read_result(
-    run_dir: Path, expect: Mapping[str, Any] | None = None
+    run_dir: Path, expect: Mapping[str, Any] | None = None, *, eval_every: int | None = None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The ``result.json`` of a run and, when it does not mark a finished run, why.
 
@@ -471,20 +665,32 @@ def read_result(
         run_dir: the run's folder.
         expect: fields the result must have (``controller``, ``kind``, ``seed``, ``steps`` of
             the run the config asks for).
+        eval_every: the config's steps between evaluations: the curve holds step 0, the
+            multiples of it and the last step, and nothing else.
 
     Returns:
         ``(result, None)`` for a finished run; ``(None, None)`` without ``result.json``;
-        ``(None, problem)`` for one that is torn, empty, unparsable, a folder, or that does
-        not match ``expect``: the run is unfinished and ``--resume`` reruns it.
+        ``(None, problem)`` for one that is torn, empty, unparsable, a folder, larger than
+        :data:`MAX_JSON_BYTES`, or that does not match ``expect``: the run is unfinished and
+        ``--resume`` reruns it.
+
+    Raises:
+        RunFolderError: ``result.json`` is a symbolic link (it is neither read nor deleted).
     """
     path = run_dir / RESULT_FILE
-    if not path.exists():
-        return None, None
-    if path.is_dir():
-        return None, "result.json is a folder"
     try:
-        text = _read_text(path)
-    except RunFolderError:
+        raw = read_regular(path, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        return None, None
+    except LinkedFile as exc:
+        raise RunFolderError(f"{path}: {exc}; {LINK_FIX}") from None
+    except NotRegularFile as exc:
+        return None, f"result.json {exc}"
+    except OSError as exc:
+        return None, f"result.json cannot be read ({exc.strerror})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         return None, "result.json is not UTF-8 text"
     if not text.strip():
         return None, "result.json is empty"
@@ -492,7 +698,7 @@ def read_result(
         result = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         return None, "result.json is torn or not JSON"
-    problem = _result_problem(result, expect or {})
+    problem = _result_problem(result, expect or {}, eval_every)
     if problem is not None:
         return None, f"result.json: {problem}"
     return result, None
@@ -549,9 +755,16 @@ def expected_result(
     return expect
 
 
-def run_ref(path: Path, label: str, seed: int, expect: Mapping[str, Any] | None = None) -> RunRef:
-    """The state of the run in ``path`` (see :class:`RunRef`)."""
-    result, problem = read_result(path, expect)
+def run_ref(
+    path: Path,
+    label: str,
+    seed: int,
+    expect: Mapping[str, Any] | None = None,
+    *,
+    eval_every: int | None = None,
+) -> RunRef:
+    """The state of the run in ``path`` (see :class:`RunRef`; ``eval_every`` as :func:`read_result`)."""
+    result, problem = read_result(path, expect, eval_every=eval_every)
     if result is not None:
         return RunRef(label, seed, path, "finished", result)
     return RunRef(label, seed, path, "unfinished" if path.is_dir() else "missing", None, problem)
@@ -559,6 +772,7 @@ def run_ref(path: Path, label: str, seed: int, expect: Mapping[str, Any] | None 
 
 def _check_runs_dir(out: Path) -> Path:
     runs = out / RUNS_DIR
+    refuse_links([runs])
     if runs.exists() and not runs.is_dir():
         raise RunFolderError(f"{runs}: is a file, not a folder; the run folder is corrupted")
     return runs
@@ -588,8 +802,11 @@ def list_runs(out: Path) -> list[RunRef]:
             else {}
         )
         steps = config.get("steps")
+        eval_every = config.get("eval_every")
+        eval_every = eval_every if _is_count(eval_every) and eval_every > 0 else None
         for label, seed in expected:
             path = run_dir_for(out, label, seed)
+            check_run_path(path)
             for folder in (path.parent, path):
                 if folder.exists() and not folder.is_dir():
                     raise RunFolderError(
@@ -601,6 +818,7 @@ def list_runs(out: Path) -> list[RunRef]:
                 label,
                 seed,
                 expected_result(label, seed, kind=kinds.get(label), steps=steps),
+                eval_every=eval_every,
             )
             for label, seed in expected
         ]
@@ -608,6 +826,7 @@ def list_runs(out: Path) -> list[RunRef]:
         return []
     found: list[RunRef] = []
     for path in sorted(p for p in runs.glob("*/seed*") if p.is_dir()):
+        check_run_path(path)
         seed_text = path.name[len("seed") :]
         seed = int(seed_text) if seed_text.isdigit() else -1
         ref = run_ref(path, path.parent.name, seed)
@@ -675,10 +894,11 @@ def _live_error(out: Path, fd: int) -> RunFolderError:
 def _check_not_live(out: Path) -> None:
     """Refuse ``out`` if a job holds its lock; creates and writes nothing."""
     path = out / LOCK_FILE
+    refuse_links([path])
     if not path.is_file():
         return
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise folder_error(out, exc) from None
     try:
@@ -694,9 +914,10 @@ def lock_out(out: Path) -> RunFolderLock:
 
     Raises:
         RunFolderError: another process holds it (names its pid).
-        OSError: the lock file cannot be created.
+        OSError: the lock file cannot be created, or is a symbolic link (``ELOOP``).
     """
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(out / LOCK_FILE, flags, 0o666)  # a link there is refused, never truncated
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -793,13 +1014,28 @@ def check_out(out: Path, meta: dict[str, Any], *, resume: bool) -> dict[str, Any
     Raises:
         RunFolderError: another job is writing ``out`` (names its pid); ``out`` is a file, holds
             another experiment (or any files, without ``resume``), holds a different config or
-            a corrupted file; a run folder name is too long for its file system. One line
-            naming the fix.
+            a corrupted file, or is reached through a symbolic link (``runs/``, a run, a file
+            of a run, the lock); a name of ``out`` or a run folder name is too long for its
+            file system. One line naming the fix.
     """
-    if out.is_dir():
-        _check_not_live(out)
-    _check_names(out, meta)
-    return _check_contents(out, meta, resume=resume)
+    _check_out_name(out)
+    try:
+        if out.is_dir():
+            _check_not_live(out)
+        _check_names(out, meta)
+        return _check_contents(out, meta, resume=resume)
+    except OSError as exc:
+        raise folder_error(out, exc) from None
+
+
+def _check_out_name(out: Path) -> None:
+    """Refuse an ``out`` whose path has a name longer than a file name may be."""
+    long = [part for part in out.parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:
+        raise RunFolderError(
+            f"--out {out}: the name {long[0][:40]!r}... is {len(os.fsencode(long[0]))} bytes, "
+            f"more than a file name may have ({NAME_MAX}); choose a shorter --out"
+        )
 
 
 def prepare_out(out: Path, meta: dict[str, Any], *, resume: bool) -> RunFolderLock:

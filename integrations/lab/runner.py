@@ -45,10 +45,12 @@ from metactl.integrations.lab.rundir import (
     expected_result,
     folder_error,
     folder_names,
+    fresh_run_dir,
     is_out_of_space,
     prepare_out,
     run_dir_for,
     run_ref,
+    shown,
     write_result,
 )
 from metactl.integrations.lab.scheduling import run_parallel
@@ -83,9 +85,7 @@ def run_one(
 
     spec = cfg.controllers[index]
     label = spec.label()
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    fresh_run_dir(run_dir)  # refuses a folder reached through a link: deletes nothing outside
     model, tok, ws_meta = warm_start(cfg.warm_start_config(), device=device)
     model = model.to(device)  # before the first evaluation; the trainer keeps it there
     task = make_task(
@@ -169,7 +169,7 @@ def _run_state(cfg: CompareConfig, out: Path, index: int, seed: int) -> RunRef:
     spec = cfg.controllers[index]
     label = spec.label()
     expect = expected_result(label, seed, kind=spec.kind, steps=cfg.steps)
-    return run_ref(run_dir_for(out, label, seed), label, seed, expect)
+    return run_ref(run_dir_for(out, label, seed), label, seed, expect, eval_every=cfg.eval_every)
 
 
 def planned_jobs(cfg: CompareConfig, out: Path, *, resume: bool) -> list[tuple[int, int]]:
@@ -202,7 +202,7 @@ def _say_torn(cfg: CompareConfig, out: Path, jobs: list[tuple[int, int]]) -> Non
 
 def _result_line(label: str, seed: int, res: dict[str, Any]) -> str:
     return (
-        f"{label:>24} seed {seed}: held-out accuracy {res['initial_accuracy']:.1%} -> "
+        f"{shown(label):>24} seed {seed}: held-out accuracy {res['initial_accuracy']:.1%} -> "
         f"{res['final_accuracy']:.1%} ({res['wall_time_s']:.0f} s)"
     )
 
@@ -327,7 +327,7 @@ def _compare_locked(
         if workers == 1:
             for i, s in jobs:
                 if bar is not None:
-                    bar.set_postfix_str(f"{labels[i]} seed {s}")
+                    bar.set_postfix_str(f"{shown(labels[i])} seed {s}")
                 step = None if bar is None else (lambda: bar.update(1))
                 res = run_one(
                     cfg, i, s, run_dir_for(out_p, labels[i], s), on_step=step, device=device

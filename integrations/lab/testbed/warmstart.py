@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..rundir import MAX_JSON_BYTES, NotRegularFile, read_regular
 from .exact import SIGNIFICANT_BITS, float64_exact, snap_
 from .model import make_model
 from .shipped import load_shipped, shipped_entry
@@ -21,6 +22,11 @@ from .tokenizer import make_tokenizer
 #: Bump when the warm-start procedure changes, so that old caches are not reused.
 #: 3: numpy initialisation, float64 steps with snapped weights (:mod:`.exact`), ``steps``.
 WARMSTART_VERSION = 3
+
+
+class WarmStartCacheError(ValueError):
+    """A cached warm start cannot be loaded (a truncated or edited file); the message is one
+    line naming the file and saying to delete the cache folder, which the next run rebuilds."""
 
 
 def cache_dir() -> Path:
@@ -265,9 +271,11 @@ def warm_start(
     Returns:
         ``(model, tokenizer, meta)``; ``meta`` holds the settings, steps, accuracies and
         training seconds.
-    """
-    from transformers import Qwen2ForCausalLM
 
+    Raises:
+        WarmStartCacheError: the cached warm start is damaged (names the file; delete its
+            folder and the next call rebuilds it).
+    """
     cfg = cfg or WarmStartConfig()
     tok = make_tokenizer()
     entry = shipped_entry(cfg)
@@ -275,11 +283,8 @@ def warm_start(
         model, shipped_meta = load_shipped(cfg, entry)
         return model, tok, shipped_meta
     path = cfg.path()
-    meta_file = path / "warmstart.json"
-    if use_cache and meta_file.exists():
-        meta: dict[str, Any] = json.loads(meta_file.read_text())
-        model = Qwen2ForCausalLM.from_pretrained(path)
-        return model, tok, meta
+    if use_cache and (path / "warmstart.json").exists():
+        return _load_cached(path), tok, _cached_meta(path)
     model, meta = train_warm_start(cfg, verbose=verbose, device=device)
     model = model.to("cpu")
     if use_cache:
@@ -294,3 +299,52 @@ def warm_start(
             shutil.rmtree(tmp, ignore_errors=True)
     meta["cached"] = False
     return model, tok, meta
+
+
+def _cache_error(path: Path, where: Path, problem: str) -> WarmStartCacheError:
+    return WarmStartCacheError(
+        f"warm-start cache {where}: {problem}; delete the folder {path} (the next run rebuilds it)"
+    )
+
+
+def _cached_meta(path: Path) -> dict[str, Any]:
+    """The ``warmstart.json`` of the cache folder ``path``.
+
+    Raises:
+        WarmStartCacheError: it is not a regular file of at most ``MAX_JSON_BYTES``, not UTF-8,
+            not JSON or not an object.
+    """
+    file = path / "warmstart.json"
+    try:
+        meta = json.loads(read_regular(file, MAX_JSON_BYTES, follow_links=True))
+    except NotRegularFile as exc:
+        raise _cache_error(path, file, str(exc)) from None
+    except OSError as exc:
+        raise _cache_error(path, file, f"cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise _cache_error(path, file, "not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise _cache_error(path, file, "not JSON") from None
+    if not isinstance(meta, dict):
+        raise _cache_error(path, file, "not a JSON object")
+    return meta
+
+
+def _load_cached(path: Path) -> Any:
+    """The model of the cache folder ``path`` (``save_pretrained``'s files).
+
+    Raises:
+        WarmStartCacheError: its weights or config are truncated, edited or missing.
+    """
+    from safetensors import SafetensorError
+    from transformers import Qwen2ForCausalLM
+
+    try:
+        return Qwen2ForCausalLM.from_pretrained(path)
+    except SafetensorError as exc:
+        problem = " ".join(str(exc).split())
+        raise _cache_error(path, path / "model.safetensors", problem) from None
+    except (OSError, ValueError) as exc:  # a missing or unparsable config.json or weights file
+        problem = " ".join(str(exc).split())
+        cut = problem if len(problem) <= 200 else problem[:200] + "..."
+        raise _cache_error(path, path, cut) from None

@@ -216,7 +216,7 @@ def _fake_run(
         + "\n"
     )
     if finished:
-        curve = [[0, 0.4], [10, 0.5 + 0.01 * seed], [20, 0.6 + 0.01 * seed]]
+        curve = [[0, 0.4], [10, 0.5 + 0.01 * seed], [steps, 0.6 + 0.01 * seed]]
         (rd / "result.json").write_text(
             json.dumps(
                 {

@@ -628,3 +628,490 @@ def test_resume_removes_temporaries_of_a_killed_write(
     assert main(["compare", str(config), "--out", str(out), "--resume", "--no-plot"]) == 0
     assert not stale.exists() and fake_training == []
     assert json.loads((out / "summary.json").read_text())["complete"] is True
+
+
+# --- nothing read, deleted or written through a link (issue 24, finding 1) -----------------------
+
+
+def _precious(folder: Path) -> Path:
+    """A user's file outside the run folder, which no metactl command may touch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "precious.txt"
+    path.write_text("the user's work\n")
+    return path
+
+
+def _link_runs(out: Path, victim: Path) -> Path:
+    """``runs`` -> a folder outside holding the same runs, precious.txt in the unfinished one."""
+    shutil.copytree(out / "runs", victim)
+    _precious(victim / "T0.6" / "seed0")
+    shutil.rmtree(out / "runs")
+    (out / "runs").symlink_to(victim)
+    return out / "runs"
+
+
+def _link_label(out: Path, victim: Path) -> Path:
+    """The issue's repro: ``runs/<label>`` -> a folder holding ``seed0/precious.txt``."""
+    _precious(victim / "seed0")
+    shutil.rmtree(out / "runs" / "T0.6")
+    (out / "runs" / "T0.6").symlink_to(victim)
+    return out / "runs" / "T0.6"
+
+
+def _link_seed(out: Path, victim: Path) -> Path:
+    _precious(victim)
+    shutil.rmtree(out / RUN)
+    (out / RUN).symlink_to(victim)
+    return out / RUN
+
+
+def _link_file(name: str) -> Callable[[Path, Path], Path]:
+    def link(out: Path, victim: Path) -> Path:
+        _precious(victim)
+        path = out / RUN / name
+        path.unlink()
+        path.symlink_to(victim / "precious.txt")
+        return path
+
+    return link
+
+
+def _link_result(out: Path, victim: Path) -> Path:
+    """A finished run's result.json -> a valid copy outside."""
+    victim.mkdir()
+    path = out / "runs" / "T1" / "seed0" / RESULT_FILE
+    shutil.move(path, victim / RESULT_FILE)
+    path.symlink_to(victim / RESULT_FILE)
+    return path
+
+
+def _link_top(name: str) -> Callable[[Path, Path], Path]:
+    def link(out: Path, victim: Path) -> Path:
+        precious = _precious(victim)
+        path = out / name
+        if path.exists():
+            precious.write_bytes(path.read_bytes())
+            path.unlink()
+        path.symlink_to(precious)
+        return path
+
+    return link
+
+
+LINKS: dict[str, Callable[[Path, Path], Path]] = {
+    "runs": _link_runs,
+    "runs-label": _link_label,
+    "seed": _link_seed,
+    "metrics": _link_file(METRICS_FILE),
+    "rollouts": _link_file(ROLLOUTS_FILE),
+    "result": _link_result,
+    "lock": _link_top(LOCK_FILE),
+    "config": _link_top("config.json"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(LINKS), ids=list(LINKS))
+def test_a_symlink_in_a_run_folder_is_refused_and_nothing_is_touched(
+    finished: tuple[Path, Path],
+    fake_training: list[tuple[int, int]],
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    """An unfinished run reached through a link: --resume would empty the link's target."""
+    config, out = finished
+    (out / RUN / RESULT_FILE).unlink()  # T=0.6 seed 0 is unfinished: --resume reruns it
+    victim = out.parent / "victim"
+    link = LINKS[case](out, victim)
+    before, outside = _snapshot(out), _snapshot(victim)
+    assert outside  # the user's files, outside --out
+    argv = ["compare", str(config), "--out", str(out), "--resume", "--no-plot"]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, f"{link}: is a symbolic link", "remove it")
+    assert fake_training == []
+    assert _snapshot(victim) == outside and _snapshot(out) == before
+    if case != "lock":  # plot takes no lock
+        assert main(["plot", str(out)]) == 2  # nothing read through the link either
+        _assert_one_line_error(capsys, "plot:", f"{link}: is a symbolic link")
+        assert _snapshot(victim) == outside and _snapshot(out) == before
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["runs", "runs-label", "seed"])
+def test_a_run_reached_through_a_link_is_not_emptied(
+    finished: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The runner's own run_one refuses before it deletes anything (even if called directly)."""
+    from metactl.integrations.lab import runner
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("reached training")
+
+    monkeypatch.undo()  # the real run_one, not the fake that made the folder
+    monkeypatch.setattr(runner, "warm_start", no_training)
+    config, out = finished
+    victim = out.parent / "victim"
+    link = LINKS[case](out, victim)
+    outside = _snapshot(victim)
+    cfg = parse_config(json.loads(config.read_text()))
+    with pytest.raises(RunFolderError, match=f"{link}: is a symbolic link"):
+        runner.run_one(cfg, 0, 0, out / RUN)
+    assert _snapshot(victim) == outside
+
+
+# --- files read only when regular and bounded (issue 24, finding 7) -------------------------------
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["dev-zero", "fifo", "folder", "over-1-MiB"])
+def test_a_config_that_is_not_a_small_regular_file_is_refused_unread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    pytest.importorskip("yaml")
+    config = tmp_path / "compare.yaml"
+    if case == "dev-zero":
+        config = Path("/dev/zero")
+    elif case == "fifo":
+        _fifo(config)  # no writer: a plain open would wait forever
+    elif case == "folder":
+        config.mkdir()
+    else:
+        config.write_bytes(b"controllers: [{kind: tampo}]\n" + b"#" * (1 << 20) + b"\n")
+    needle = {
+        "dev-zero": "is a device, not a regular file",
+        "fifo": "is a FIFO, not a regular file",
+        "folder": "is a folder, not a regular file",
+        "over-1-MiB": "is larger than 1 MiB",
+    }[case]
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, f"config {config}: {needle}", "pass a YAML or JSON file")
+    assert not out.exists()
+
+
+def _sparse(path: Path, size: int) -> None:
+    path.unlink()
+    with path.open("wb") as f:
+        f.truncate(size)  # a hole: no disk used, but this many bytes to read
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", ["metrics-dev-zero", "config-dev-zero", "metrics-fifo", "big"])
+def test_a_run_file_that_is_not_a_small_regular_file_is_refused_unread(
+    finished: tuple[Path, Path],
+    fake_training: list[tuple[int, int]],
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    config, out = finished
+    metrics = out / RUN / METRICS_FILE
+    if case == "metrics-dev-zero":
+        metrics.unlink()
+        metrics.symlink_to("/dev/zero")
+        path, needle = metrics, "is a symbolic link"
+    elif case == "config-dev-zero":
+        (out / "config.json").unlink()
+        (out / "config.json").symlink_to("/dev/zero")
+        path, needle = out / "config.json", "is a symbolic link"
+    elif case == "metrics-fifo":
+        metrics.unlink()
+        path, needle = _fifo(metrics), "is a FIFO, not a regular file"
+    else:
+        _sparse(metrics, (1 << 30) + 1)
+        path, needle = metrics, "is larger than 1 GiB"
+    before = _snapshot(out) if case != "big" else None
+    assert main(["plot", str(out)]) == 2
+    _assert_one_line_error(capsys, "plot:", f"{path}: {needle}")
+    argv = ["compare", str(config), "--out", str(out), "--resume", "--no-plot"]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, "--resume", f"{path}: {needle}")
+    assert fake_training == []
+    if before is not None:
+        assert _snapshot(out) == before
+
+
+def _hand_made_folder(out: Path, steps: int, curves: list[list[list[float]]]) -> None:
+    """A finished run folder of one fixed-temperature controller, one run per curve."""
+    from metactl.integrations.lab.rundir import write_meta
+
+    out.mkdir()
+    settings = {**SETTINGS, "controllers": [TWO_FIXED[0]], "steps": steps, "eval_every": 1}
+    write_meta(
+        out,
+        {
+            "config": parse_config(settings).model_dump(mode="json"),
+            "labels": ["T=0.6"],
+            "seeds": list(range(len(curves))),
+        },
+    )
+    for seed, curve in enumerate(curves):
+        run = out / "runs" / "T0.6" / f"seed{seed}"
+        run.mkdir(parents=True)
+        result = {
+            "controller": "T=0.6",
+            "kind": "fixed",
+            "seed": seed,
+            "steps": steps,
+            "initial_accuracy": curve[0][1],
+            "final_accuracy": curve[-1][1],
+            "auc": 0.5,
+            "curve": curve,
+            "wall_time_s": 1.0,
+        }
+        write_result(run, result)
+
+
+@pytest.mark.timeout(120)
+def test_a_long_learning_curve_is_drawn_in_linear_time(tmp_path: Path) -> None:
+    """50,000 evaluations on two seeds: the quadratic grouping took minutes, this takes seconds."""
+    pytest.importorskip("matplotlib")
+    from metactl.integrations.lab.report import write_report
+
+    steps = 50_000
+    curves = [[[s, ((s * (seed + 3)) % 7) / 7] for s in range(steps + 1)] for seed in range(2)]
+    out = tmp_path / "out"
+    _hand_made_folder(out, steps, curves)
+    summary = write_report(out, figure=True)
+    assert summary["complete"] and summary["finished_runs"] == 2
+    assert (out / "report.png").stat().st_size > 0
+
+
+CURVES: dict[str, tuple[Callable[[int], list[list[float]]], str]] = {
+    # id: (curve of a 20-step run evaluated every 10 steps, what the problem says)
+    "between-evaluations": (lambda n: [[s, 0.5] for s in range(n + 1)], "not an evaluation"),
+    "ends-early": (lambda n: [[0, 0.5], [10, 0.5]], "must end at step 20"),
+    "repeats-a-step": (lambda n: [[0, 0.5], [10, 0.5], [10, 0.5], [20, 0.5]], "increase"),
+    "no-step-0": (lambda n: [[10, 0.5], [20, 0.5]], "increase from step 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(CURVES), ids=list(CURVES))
+def test_a_result_whose_curve_does_not_fit_the_run_does_not_count(
+    finished: tuple[Path, Path], capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    config, out = finished
+    make, problem = CURVES[case]
+    path = out / RUN / RESULT_FILE
+    result = json.loads(path.read_text())
+    assert (result["steps"], json.loads(config.read_text()).get("eval_every", 10)) == (20, 10)
+    path.write_text(json.dumps({**result, "curve": make(20)}))
+    assert main(["plot", str(out)]) == 0
+    capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished_runs"] == 1
+    [incomplete] = summary["incomplete"]
+    assert incomplete["run"] == RUN.as_posix()
+    assert "'curve'" in incomplete["problem"] and problem in incomplete["problem"]
+
+
+# --- YAML: alias bombs, duplicate keys, error size (issue 24, findings 2 and 8) --------------------
+
+
+def _alias_bomb(levels: int, width: int = 9) -> str:
+    """``levels`` levels of ``width`` aliases: ``width ** levels`` strings in about 1 KB."""
+    lines = ["anchors:", f"  a0: &a0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join([*lines, "controllers: [{kind: tampo}]", ""])
+
+
+YAML_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # id: (file content, needles of the error)
+    "alias-bomb-9-levels": (_alias_bomb(9), ("more than 100000 values", "aliases")),
+    "alias-bomb-in-a-field": (
+        _alias_bomb(9).replace("controllers: [{kind: tampo}]", "controllers: *a8"),
+        ("more than 100000 values",),
+    ),
+    "alias-holding-itself": ("a: &a [*a]\ncontrollers: [{kind: tampo}]\n", ("holds itself",)),
+    "duplicate-key": (
+        "steps: 2\ncontrollers: [{kind: tampo}]\nsteps: 1000000\n",
+        ("compare.yaml, line 3", "key 'steps' given twice (first on line 1)", "keep one"),
+    ),
+    "duplicate-nested-key": (
+        "controllers:\n  - kind: fixed\n    temperature: 0.6\n    temperature: 1.4\n",
+        ("line 4", "key 'temperature' given twice (first on line 3)"),
+    ),
+    "integer-of-5000-digits": (f"steps: {'9' * 5000}\ncontrollers: [{{kind: tampo}}]\n", ("YAML",)),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(YAML_CONFIGS), ids=list(YAML_CONFIGS))
+def test_a_crafted_yaml_config_is_one_line_and_fast(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    pytest.importorskip("yaml")
+    content, needles = YAML_CONFIGS[case]
+    config = tmp_path / "compare.yaml"
+    config.write_text(content)
+    assert len(content) < 1200 or case.startswith("integer")  # the bomb is about 1 KB
+    out = tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, *needles)
+    assert not out.exists()
+
+
+def test_merged_yaml_keys_may_be_overridden(tmp_path: Path) -> None:
+    """``<<: *base`` then a key of base: YAML's override, not a duplicate."""
+    pytest.importorskip("yaml")
+    from metactl.integrations.lab.config import FixedSpec, load_config
+
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        "controllers:\n"
+        "  - &hot {kind: fixed, temperature: 1.4, name: hot}\n"
+        "  - {<<: *hot, name: cold, temperature: 0.6}\n"
+    )
+    cfg = load_config(config)
+    assert cfg.controllers == [
+        FixedSpec(kind="fixed", temperature=1.4, name="hot"),
+        FixedSpec(kind="fixed", temperature=0.6, name="cold"),
+    ]
+
+
+def test_a_duplicate_json_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "compare.json"
+    config.write_text('{"steps": 2, "controllers": [{"kind": "tampo"}], "steps": 1000000}')
+    assert main(["compare", str(config), "--out", str(tmp_path / "out")]) == 2
+    _assert_one_line_error(capsys, "compare.json", "key 'steps' given twice", "keep one")
+
+
+@pytest.mark.timeout(60)
+def test_shared_containers_from_python_are_counted_not_walked() -> None:
+    """parse_config takes Python data too: a list shared 9 times on 9 levels is refused at once."""
+    bomb: Any = [{"kind": "tampo"}] * 9
+    for _ in range(8):
+        bomb = [bomb] * 9
+    with pytest.raises(ConfigError, match="more than 100000 values"):
+        parse_config({"controllers": bomb})
+
+
+def test_a_config_error_stays_short_whatever_the_input() -> None:
+    """Thousands of bad entries and a megabyte value: the first errors, values cut, in one line."""
+    bad = [{"kind": "fixed", "temperature": -1.0}] * 5000
+    with pytest.raises(ConfigError) as info:
+        parse_config({"controllers": bad, "task": "x" * 1_000_000})
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 2500, len(message)
+    assert "controllers[0] (fixed).temperature" in message and "more errors" in message
+    with pytest.raises(ConfigError) as info:
+        parse_config({"controllers": [{"kind": "tampo"}], "steps": 10**5000})
+    assert "steps" in str(info.value) and "bits" in str(info.value)
+    assert len(str(info.value)) < 500
+
+
+# --- labels shown escaped; long --out names (issue 24, finding 8) ---------------------------------
+
+HOSTILE = {
+    "ansi": "\x1b[31mred\x1b[0m",
+    "rtl": "abc\u202egnp.exe",
+    "nul": "nul\x00byte",
+}
+
+
+def test_labels_reach_the_terminal_and_report_escaped(
+    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    controllers = [
+        {"kind": "fixed", "temperature": t, "name": name}
+        for t, name in zip((0.6, 1.0, 1.4), HOSTILE.values(), strict=True)
+    ]
+    config, out = _config(tmp_path, controllers=controllers), tmp_path / "out"
+    assert main(["compare", str(config), "--out", str(out), "--no-plot"]) == 0
+    printed = capsys.readouterr()
+    report = (out / "report.md").read_text()
+    for text in (printed.out, printed.err, report):
+        assert not any(ch in text for ch in ("\x1b", "\u202e", "\x00")), text
+    for text in (printed.out, report):  # the result lines and the table
+        for shown in ("\\x1b[31mred\\x1b[0m", "abc\\u202egnp.exe", "nul\\x00byte"):
+            assert shown in text, (shown, text)
+    assert main(["plot", str(out)]) == 0  # and the figure draws them
+    assert "\x1b" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["compare", "plot"])
+def test_an_out_name_too_long_for_a_file_name_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    out = tmp_path / ("a" * 300)
+    argv = (
+        ["compare", str(_config(tmp_path)), "--out", str(out)]
+        if command == "compare"
+        else ["plot", str(out)]
+    )
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, "aaaa", "shorter --out" if command == "compare" else "plot:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["compare.json"] if command == "compare" else []
+    )
+
+
+# --- a tampered warm-start cache (issue 24, finding 8) --------------------------------------------
+
+
+@pytest.fixture
+def cached_warm_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A warm start in a private cache (not a shipped one): a fresh model, saved as the lab does."""
+    pytest.importorskip("transformers")
+    from metactl.integrations.lab.testbed.model import make_model
+    from metactl.integrations.lab.testbed.tokenizer import make_tokenizer
+    from metactl.integrations.lab.testbed.warmstart import WarmStartConfig, warm_start
+
+    monkeypatch.setenv("METACTL_CACHE", str(tmp_path / "cache"))
+    cfg = WarmStartConfig(task="addition", difficulty=1, steps=1)
+    make_model(make_tokenizer(), seed=0, size="tiny").save_pretrained(cfg.path())
+    (cfg.path() / "warmstart.json").write_text(json.dumps({"steps": 1}))
+    assert warm_start(cfg)[2] == {"steps": 1}  # loads as it is
+    return cfg
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CACHE_DAMAGE: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    # id: (file damaged, damage, what the error says)
+    "truncated-weights": ("model.safetensors", _truncate, "deserializing header"),
+    "empty-weights": ("model.safetensors", lambda p: p.write_bytes(b""), "header"),
+    "meta-not-utf8": ("warmstart.json", lambda p: p.write_bytes(b'{"steps": "\xff"}'), "UTF-8"),
+    "meta-not-json": ("warmstart.json", lambda p: p.write_text("{"), "not JSON"),
+    "meta-a-fifo": ("warmstart.json", lambda p: (p.unlink(), _fifo(p)), "FIFO"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(CACHE_DAMAGE), ids=list(CACHE_DAMAGE))
+def test_a_tampered_warm_start_cache_is_one_line_naming_the_file(
+    cached_warm_start: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    pytest.importorskip("trl")
+    from metactl.integrations.lab import runner
+    from metactl.integrations.lab.testbed.warmstart import WarmStartCacheError, warm_start
+
+    name, damage, problem = CACHE_DAMAGE[case]
+    file = cached_warm_start.path() / name
+    damage(file)
+    with pytest.raises(WarmStartCacheError) as info:
+        warm_start(cached_warm_start)
+    message = str(info.value)
+    assert f"warm-start cache {file}: " in message and problem in message, message
+    assert f"delete the folder {cached_warm_start.path()}" in message and "\n" not in message
+    # The command says the same in one line (exit 2) before any run trains.
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(runner, "run_one", _fake_run_one(calls, 0))
+    config = _config(tmp_path, difficulty=1, eval_size=20, warm_start={"steps": 1})
+    argv = ["compare", str(config), "--out", str(tmp_path / "out"), "--no-plot"]
+    assert main(argv) == 2
+    _assert_one_line_error(capsys, f"warm-start cache {file}", "delete the folder")
+    assert calls == []
