@@ -43,6 +43,7 @@ from metactl.integrations.lab.rundir import NotRegularFile, folder_names, not_ut
 from metactl.integrations.lab.testbed.tasks import DIFFICULTY_RANGES, MAX_EVAL_SIZE, max_eval_size
 from metactl.integrations.lab.testbed.warmstart import WarmStartConfig
 from metactl.spaces import Box, Discrete
+from metactl.temperature import TEMPERATURE_RANGE
 
 require("pydantic", "lab")
 
@@ -60,8 +61,6 @@ from pydantic import (  # noqa: E402
 Outcome = Literal["mean_reward", "informative_fraction"]
 """The reward of a bandit controller's Outcome feedback (``MetaGRPOTrainer(outcome=...)``)."""
 
-#: The sampling temperatures a config may name: beyond them logits / T overflows or flattens.
-TEMPERATURE_RANGE = (0.01, 100.0)
 #: The most seeds of one experiment (``seeds: N``), and the largest seed (numpy's, 2**32 - 1).
 MAX_SEEDS = 1000
 MAX_SEED = 2**32 - 1
