@@ -9,6 +9,8 @@ with :func:`prob_arm`.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 META_PREFIX = "meta/"
 """What a trainer puts before each controller metric in its logs."""
 
@@ -25,6 +27,19 @@ TEMPERATURE = "temperature"
 """The temperature a trainer sampled for the round (logged by the trainer, not the controller)."""
 
 
+INFORMATIVE_FRACTION = "informative_fraction"
+"""The fraction of a round's prompt groups whose completions got unequal rewards."""
+
+NONFINITE_REWARDS = "nonfinite_rewards"
+"""How many of a round's rewards were inf (left out of what the controller learns from)."""
+
+SKIPPED_ROUNDS = "skipped_rounds"
+"""How many rounds so far gave the controller nothing to learn from (counted, not learned)."""
+
+POLICY = "policy"
+"""The meta-policy over the arms, as one histogram per round (probability mass per arm)."""
+
+
 def prob_key(label: str) -> str:
     """The metric name of the probability of the arm labelled ``label``: ``prob/<label>``."""
     return PROB_PREFIX + label
@@ -33,6 +48,15 @@ def prob_key(label: str) -> str:
 def prob_arm(name: str) -> str | None:
     """The arm label of a probability's metric name (``prob/0.6`` -> ``"0.6"``), else None."""
     return name[len(PROB_PREFIX) :] if name.startswith(PROB_PREFIX) else None
+
+
+def arm_of(name: str, labels: Collection[str]) -> str | None:
+    """The arm label a per-arm metric is about (``advantage/0.6`` -> ``"0.6"``), else None.
+
+    A per-arm metric's name ends with ``/<label>`` for one of the arms' ``labels``.
+    """
+    _, sep, tail = name.rpartition("/")
+    return tail if sep and tail in labels else None
 
 
 def meta_key(name: str) -> str:

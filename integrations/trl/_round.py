@@ -75,6 +75,7 @@ class RoundStats:
         self._advantages: list[Tensor] = []
         self.reward: float | None = None
         self.informative_fraction: float | None = None
+        self.nonfinite_rewards = 0
         self._entropy: list[float] = []
 
     def add_rollouts(self, sums: Tensor, counts: Tensor, advantages: Tensor) -> None:
@@ -117,7 +118,9 @@ class RoundStats:
             )
             rows = accelerator.gather(local).double().cpu()  # one gather, one copy to the host
             sums, counts, adv = rows[:, :-2], rows[:, -2], rows[:, -1]
-            keep = counts > 0
+            # a rollout with no scored token, or a non-finite advantage (an inf reward in its
+            # group), is left out
+            keep = (counts > 0) & torch.isfinite(adv) & torch.isfinite(sums).all(dim=1)
             if not bool(keep.any()):
                 return None, {"meta/empty_rounds": 1.0}
             loglik = (sums[keep] / counts[keep, None]).numpy()
