@@ -233,7 +233,7 @@ def test_resume_skips_a_checkpoint_whose_save_was_interrupted(tokenizer, tmp_pat
         out / "checkpoint-4" / f".{CONTROLLER_FILE}.x.tmp"
     )
     with pytest.warns(UserWarning, match=r"skipping .*checkpoint-4: the save was interrupted"):
-        _, resumed_decided = run(tokenizer, out, resume=True)
+        resumed, resumed_decided = run(tokenizer, out, resume=True)
     assert resumed_decided == full_decided[1:]  # resumed from checkpoint-2, exactly
     assert resumed.controller.state_dict() == full.controller.state_dict()
     # a partial checkpoint named explicitly is refused by name
