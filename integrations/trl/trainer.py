@@ -376,7 +376,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 callback.tb_writer.add_histogram_raw(
                     meta_key(POLICY),
                     **policy_histogram(arms, probs),
-                    global_step=self.state.global_step,
+                    # the round ends in its last micro-step, before the optimizer step that
+                    # the round's scalars are logged at
+                    global_step=self.state.global_step + 1,
                 )
 
     # --- checkpoints -----------------------------------------------------------------------------
