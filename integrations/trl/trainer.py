@@ -178,12 +178,14 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             check_temperature_controller(controller)
         if args is not None:
             _check_config(args)
+            _check_launch(args)
         check_grpo_trainer()
         if controller is not None:
             _warn_used_controller(controller)
         # the installed release's own parameters, whatever they are
         super().__init__(model, reward_funcs, args, *trainer_args, **trainer_kwargs)
         _check_config(self.args)
+        _check_launch(self.args)
         if self.args.use_liger_kernel and "liger_grpo_loss" in vars(self):
             raise ValueError(
                 "MetaGRPOTrainer does not support GRPOConfig(use_liger_kernel=True) on this TRL: "
@@ -573,6 +575,28 @@ def _warn_unused_temperature(args: Any) -> None:
             f"controller=mc.Fixed({args.temperature}).",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def _check_launch(args: Any) -> None:
+    """Refuse processes that a launcher started together but accelerate runs each alone.
+
+    ``torchrun --nproc_per_node N`` (or ``accelerate launch``) sets ``WORLD_SIZE``; on a machine
+    without GPUs, accelerate >= 1.13 runs every process as a single-process run (each rank 0)
+    unless ``use_cpu=True``: N independent copies that share no controller and write the same
+    checkpoints.
+
+    Raises:
+        ValueError: ``WORLD_SIZE`` differs from the process count the trainer sees.
+    """
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if launched.isdigit() and int(launched) > 1 and int(launched) != args.world_size:
+        raise ValueError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but the trainer "
+            f"sees {args.world_size}: each process would train alone, as rank 0, with its own "
+            "controller, and all would write the same checkpoints. On a machine without GPUs, "
+            "accelerate (>= 1.13) runs processes together only with GRPOConfig(use_cpu=True): "
+            "set it, or launch one process."
         )
 
 

@@ -1,8 +1,11 @@
-"""Worker for the 2-process test: ``torchrun --nproc_per_node 2 dist_worker.py OUT_DIR``.
+"""Worker for the 2-process tests: ``torchrun --nproc_per_node 2 dist_worker.py OUT_DIR [MODE]``.
 
-Each rank trains 2 generation rounds of MetaGRPOTrainer on CPU (gloo) with a controller seeded
+MODE ``ddp`` (default): each rank trains 2 generation rounds of MetaGRPOTrainer on CPU (gloo) with a controller seeded
 differently on each rank (so ranks agree only through the trainer's broadcast), and writes
 ``rank{N}.json`` with the temperatures it generated at and its final controller state.
+
+MODE ``no-use-cpu``: each rank builds the trainer without ``use_cpu=True`` (accelerate then runs
+each process alone on a CPU-only machine) and writes the error it raised, or none.
 """
 
 from __future__ import annotations
@@ -20,6 +23,29 @@ from conftest import digit_reward, make_config, make_dataset
 import metactl as mc
 from metactl.integrations.lab.testbed import make_model, make_tokenizer
 from metactl.integrations.trl import MetaGRPOTrainer
+
+
+def no_use_cpu(out: str) -> None:
+    tokenizer = make_tokenizer()
+    args = make_config(out, use_cpu=False)
+    seen = args.world_size  # what accelerate made of the launch
+    error = None
+    try:
+        MetaGRPOTrainer(
+            model=make_model(tokenizer, seed=0),
+            reward_funcs=digit_reward,
+            args=args,
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+        )
+    except ValueError as exc:
+        error = str(exc)
+    Path(out, f"rank{os.environ['RANK']}.json").write_text(
+        json.dumps({"seen": seen, "error": error})
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(out: str) -> None:
@@ -67,4 +93,5 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "ddp"
+    {"ddp": main, "no-use-cpu": no_use_cpu}[mode](sys.argv[1])

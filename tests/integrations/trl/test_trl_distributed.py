@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_two_processes_agree_on_every_temperature(tmp_path):
+def torchrun(tmp_path: Path, *worker_args: str) -> None:
+    """Run dist_worker.py on 2 processes (gloo on CPU); fail with its stderr if it fails."""
     worker = Path(__file__).with_name("dist_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [
@@ -26,6 +25,7 @@ def test_two_processes_agree_on_every_temperature(tmp_path):
         "--standalone",  # a local rendezvous on a free port chosen by torchrun
         str(worker),
         str(tmp_path),
+        *worker_args,
     ]
     # A new session, so that a timeout kills torchrun *and* its workers (blocked in gloo otherwise).
     proc = subprocess.Popen(
@@ -43,9 +43,30 @@ def test_two_processes_agree_on_every_temperature(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, stderr[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_agree_on_every_temperature(tmp_path):
+    torchrun(tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert len(ranks[0]["temperatures"]) == 2
     assert ranks[0]["temperatures"] == ranks[1]["temperatures"]
     assert ranks[0]["state"]["updates"] == 2
     assert ranks[0]["state"] == ranks[1]["state"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_processes_that_accelerate_runs_alone_are_refused(tmp_path):
+    # torchrun on a CPU-only machine without use_cpu=True: accelerate (>= 1.13) makes each
+    # process a single-process run; every rank must refuse at construction, naming use_cpu
+    torchrun(tmp_path, "no-use-cpu")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    if ranks[0]["seen"] == 2:  # accelerate < 1.13 runs them together: nothing to refuse
+        assert [r["error"] for r in ranks] == [None, None]
+        return
+    assert [r["seen"] for r in ranks] == [1, 1]
+    for rank in ranks:
+        assert "WORLD_SIZE=2" in rank["error"] and "use_cpu=True" in rank["error"]
