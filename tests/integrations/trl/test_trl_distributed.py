@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,16 +46,39 @@ def torchrun(tmp_path: Path, *worker_args: str) -> None:
     assert proc.returncode == 0, stderr[-4000:]
 
 
+def ranks(out: Path) -> list[dict[str, Any]]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("ddp")
+    torchrun(out)
+    return ranks(out)
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_agree_on_every_temperature(tmp_path):
-    torchrun(tmp_path)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    assert len(ranks[0]["temperatures"]) == 2
-    assert ranks[0]["temperatures"] == ranks[1]["temperatures"]
-    assert ranks[0]["state"]["updates"] == 2
-    assert ranks[0]["state"] == ranks[1]["state"]
+def test_two_processes_agree_on_every_temperature(ddp_run):
+    assert [r["world_size"] for r in ddp_run] == [2, 2]
+    assert len(ddp_run[0]["temperatures"]) == 2
+    assert ddp_run[0]["temperatures"] == ddp_run[1]["temperatures"]
+    assert ddp_run[0]["state"]["updates"] == 2
+    assert ddp_run[0]["state"] == ddp_run[1]["state"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp2_sharded_run_equals_the_ddp_run(ddp_run, tmp_path):
+    # FSDP2 (fully_shard, gloo) on 2 CPU ranks through the worker's test-only shim
+    torchrun(tmp_path, "fsdp2")
+    fsdp = ranks(tmp_path)
+    assert [r["distributed_type"] for r in fsdp] == ["DistributedType.FSDP"] * 2
+    assert all(r["model_class"].startswith("FSDP") for r in fsdp)  # sharded, not DDP
+    assert ddp_run[0]["model_class"] == "DistributedDataParallel"
+    for sharded, replicated in zip(fsdp, ddp_run, strict=True):
+        assert sharded["temperatures"] == replicated["temperatures"]
+        assert sharded["state"] == replicated["state"]  # bit-identical controller state
 
 
 @pytest.mark.slow
