@@ -4,7 +4,9 @@ A controller's ``update()`` reports its policy under these names: a Discrete pol
 :func:`prob_key` per arm (``prob/0.6``), a continuous (Box) one as :data:`MEAN` and
 :data:`SIGMA`. A trainer logs every controller metric, and the temperature it sampled
 (:data:`TEMPERATURE`), under :func:`meta_key` (``meta/prob/0.6``); a report parses them back
-with :func:`prob_arm`.
+with :func:`prob_arm`. A per-arm metric's name ends with the arm's label (:func:`arm_of`):
+trainers log those only on request, and draw a Discrete policy as one histogram
+(:data:`POLICY`).
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def last_complete_checkpoint(output_dir: str) -> tuple[str | None, list[str]]:
         match = _CHECKPOINT_DIR.match(name)
         if match and os.path.isdir(os.path.join(output_dir, name)):
             found.append((int(match.group(1)), os.path.join(output_dir, name)))
-    partial = []
+    partial: list[str] = []
     for _, path in sorted(found, reverse=True):
         if os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
             return path, partial

@@ -9,8 +9,10 @@ micro-steps) is one controller decision::
     first pass    each micro-batch's loss forward also yields its rollouts' log-likelihoods at
                   the virtual temperatures d.virtual, through the seam (no extra model forward)
     round end     statistics gathered across processes -> controller.update(feedback), the
-                  same on every rank; metrics into TRL's logs under "meta/"
-    checkpoint    checkpoint-N/metactl_controller.json, restored by train(resume_from_checkpoint=...)
+                  same on every rank; metrics into TRL's logs under "meta/", the policy as a
+                  TensorBoard histogram
+    checkpoint    checkpoint-N/metactl_controller.json (atomic), validated by
+                  train(resume_from_checkpoint=...) before anything loads, then restored
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from metactl.metric_keys import (
     TEMPERATURE,
     arm_of,
     meta_key,
+    prob_key,
 )
 
 from ._checkpoint import (
@@ -135,6 +138,12 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             and teaches nothing). Both are computed over the whole round, gathered across
             processes. The fraction is logged every round as ``meta/informative_fraction``
             whatever the controller.
+        per_arm_metrics: also log every per-arm metric of the controller's update
+            (``meta/prob/<T>``, ``meta/advantage/<T>``, ``meta/ema_advantage/<T>``, ...: three
+            scalars per arm for TAMPO). Off by default: a round logs a handful of scalars
+            (``meta/temperature``, ``meta/policy_entropy``, ``meta/expected_value``,
+            ``meta/informative_fraction``, ...), and a Discrete meta-policy is drawn as one
+            TensorBoard histogram per round, ``meta/policy``, with ``report_to="tensorboard"``.
         fold_implementation: what folds TRL's logits into the virtual-temperature scores:
             ``"auto"`` (default: the Triton kernel on CUDA/XPU, chunked torch code on CPU),
             ``"torch"`` or ``"triton"``; probed on the policy's device at construction. On a GPU
@@ -345,7 +354,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 f"scored rollout): it is skipped and counted as {meta_key(SKIPPED_ROUNDS)}",
             )
         else:
-            update = self.controller.update(feedback)
+            update: dict[str, float] = self.controller.update(feedback)
             metrics.update(
                 {
                     meta_key(k): v
@@ -353,7 +362,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                     if self.per_arm_metrics or arm_of(k, self._arm_labels) is None
                 }
             )
-            self._log_policy()
+            self._log_policy(update)
         for key, value in metrics.items():
             self._metrics["train"][key].append(float(value))
         self._round = None
@@ -364,20 +373,24 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             self._warned.add(key)
             warnings.warn(message, UserWarning, stacklevel=3)
 
-    def _log_policy(self) -> None:
+    def _log_policy(self, update: dict[str, float]) -> None:
         """The meta-policy as one TensorBoard histogram per round (``report_to="tensorboard"``).
 
-        Written with transformers' own TensorBoard writer: one bucket per arm holding its
+        The policy is the one the update reports (a Discrete policy's ``prob/<label>`` per arm),
+        written with transformers' own TensorBoard writer: one bucket per arm holding its
         probability, so TensorBoard's histogram view shows the policy's course over the run.
         """
         if self._arms is None:
             return
+        keys = [prob_key(arm_label(float(v))) for v in self._arms]
+        if not all(k in update for k in keys):  # a controller without a policy (Fixed, ...)
+            return
+        probs = np.array([update[k] for k in keys], dtype=np.float64)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                arms, probs = self._arms, np.asarray(self.controller.probs, dtype=np.float64)
                 callback.tb_writer.add_histogram_raw(
                     meta_key(POLICY),
-                    **policy_histogram(arms, probs),
+                    **policy_histogram(self._arms, probs),
                     # the round ends in its last micro-step, before the optimizer step that
                     # the round's scalars are logged at
                     global_step=self.state.global_step + 1,
@@ -457,7 +470,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 "generation round (TRL does not save a round's rollouts). The resumed run "
                 "starts a new round there, at the interrupted round's temperature (the "
                 "controller is restored to that round's start) on new rollouts; later rounds "
-                f"start {done} micro-steps earlier than in an uninterrupted run, so it makes one "
+                f"start {done} micro-steps earlier than in an uninterrupted run, so it can make one "
                 "more round and samples other temperatures from then on. For an exact resume, "
                 "save at round boundaries: save_steps a multiple of "
                 f"{generate_every // math.gcd(generate_every, self.args.gradient_accumulation_steps)}.",
