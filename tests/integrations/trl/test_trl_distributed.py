@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 
@@ -78,7 +79,16 @@ def test_fsdp2_sharded_run_equals_the_ddp_run(ddp_run, tmp_path):
     assert ddp_run[0]["model_class"] == "DistributedDataParallel"
     for sharded, replicated in zip(fsdp, ddp_run, strict=True):
         assert sharded["temperatures"] == replicated["temperatures"]
-        assert sharded["state"] == replicated["state"]  # bit-identical controller state
+        # the same controller state: decisions, counters, RNG exactly; the learned parameters
+        # to float rounding (FSDP2 reduce-scatters gradients where DDP all-reduces them, so the
+        # second round's policy can differ in the last bits: bit-identical on TRL 1.16, 2e-9
+        # apart on 1.13)
+        params = sharded["state"].pop("params")
+        expected = replicated["state"].pop("params")
+        assert sharded["state"] == replicated["state"]
+        assert params.keys() == expected.keys()
+        for name in params:
+            np.testing.assert_allclose(params[name], expected[name], rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.slow
