@@ -83,9 +83,9 @@ def test_fsdp2_sharded_run_equals_the_ddp_run(ddp_run, tmp_path):
         # to float rounding (FSDP2 reduce-scatters gradients where DDP all-reduces them, so the
         # second round's policy can differ in the last bits: bit-identical on TRL 1.16, 2e-9
         # apart on 1.13)
-        params = sharded["state"].pop("params")
-        expected = replicated["state"].pop("params")
-        assert sharded["state"] == replicated["state"]
+        state, reference = dict(sharded["state"]), dict(replicated["state"])
+        params, expected = state.pop("params"), reference.pop("params")
+        assert state == reference
         assert params.keys() == expected.keys()
         for name in params:
             np.testing.assert_allclose(params[name], expected[name], rtol=1e-5, atol=1e-9)
