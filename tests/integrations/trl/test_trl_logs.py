@@ -3,12 +3,14 @@ detail on request; and a round with inf rewards learns from the finite ones or i
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
+import trl.trainer.grpo_trainer
 from conftest import make_config, make_dataset
 
 import metactl as mc
@@ -116,6 +118,13 @@ def test_per_arm_detail_on_request(tokenizer, model, tmp_path):
     assert all(f"meta/ema_advantage/{v:g}" in logs for v in controller.space.values)
 
 
+# TRL 1.0 (and releases before it zeroed NaN advantages) turns an inf reward into NaN advantages,
+# so GRPOTrainer's own first optimizer step makes the weights NaN and its next generation fails
+# (MetaGRPOTrainer or not): there the inf-reward tests run one round, elsewhere two.
+TRL_ZEROES_NAN_ADVANTAGES = "nan_to_num(advantages" in inspect.getsource(trl.trainer.grpo_trainer)
+ROUNDS = 2 if TRL_ZEROES_NAN_ADVANTAGES else 1
+
+
 def one_inf_reward(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
     rewards = letters_reward(prompts, completions)
     rewards[1] = math.inf
@@ -138,13 +147,13 @@ def test_inf_rewards_are_left_out_and_the_controller_learns(tokenizer, model, tm
         tmp_path,
         controller,
         one_inf_reward,
-        max_steps=2,
+        max_steps=ROUNDS,
         per_device_train_batch_size=8,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train()
-    assert controller.updates == 2  # no round skipped
+    assert controller.updates == ROUNDS  # no round skipped
     said = [w for w in caught if "rewards of a round were inf" in str(w.message)]
     assert len(said) == 1  # once, not every round
     logged = [
@@ -152,15 +161,16 @@ def test_inf_rewards_are_left_out_and_the_controller_learns(tokenizer, model, tm
         for h in trainer.state.log_history
         if "meta/nonfinite_rewards" in h
     ]
-    assert logged == [2.0, 2.0]
+    assert logged == [2.0] * ROUNDS
     if isinstance(controller, mc.SlidingWindowUCB):
         # the mean of the 6 finite rewards of each round, from the reward function's own output
         expected = [float(np.mean([r for r in seen if r < 1e38])) for seen in one_inf_reward.seen]
         assert [f.reward for f in feedbacks] == pytest.approx(expected, rel=1e-6)
     else:
-        # TAMPO learns from TRL's own advantages of the round's rollouts, all finite
+        # TAMPO learns from TRL's own advantages: all 8 rollouts where TRL zeroes the inf
+        # group's NaN advantages, else the 4 of the finite group (NaN rows left out)
         for f in feedbacks:
-            assert f.advantages.size == 8
+            assert f.advantages.size == (8 if TRL_ZEROES_NAN_ADVANTAGES else 4)
             assert np.isfinite(f.advantages).all() and np.isfinite(f.loglik).all()
 
 
@@ -170,7 +180,7 @@ def all_inf_reward(prompts: list[Any], completions: list[str], **kwargs: Any) ->
 
 def test_a_round_without_finite_rewards_is_counted_and_warned_once(tokenizer, model, tmp_path):
     controller = mc.SlidingWindowUCB(mc.Discrete([0.7, 1.0, 1.3]), seed=0)
-    trainer = build(tokenizer, model, tmp_path, controller, all_inf_reward, max_steps=2)
+    trainer = build(tokenizer, model, tmp_path, controller, all_inf_reward, max_steps=ROUNDS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train()
@@ -178,5 +188,5 @@ def test_a_round_without_finite_rewards_is_counted_and_warned_once(tokenizer, mo
     skipped = [
         h["meta/skipped_rounds"] for h in trainer.state.log_history if "meta/skipped_rounds" in h
     ]
-    assert skipped == [1.0, 2.0]
+    assert skipped == [1.0, 2.0][:ROUNDS]
     assert len([w for w in caught if "nothing to learn from" in str(w.message)]) == 1
