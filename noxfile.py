@@ -43,6 +43,7 @@ def trl(session: nox.Session, release: str) -> None:
         f"trl=={release}",
         "requests",  # TRL 1.0 imports it without declaring it
         "peft>=0.15",
+        "tensorboard>=2.14",
         "pytest>=8",
         "pytest-timeout>=2.2",
         "triton>=3.0",

@@ -113,6 +113,7 @@ def run_one(
         processing_class=tok,
         controller=controller,
         outcome=spec.trainer_outcome(),
+        per_arm_metrics=True,  # the report draws each arm's probability (meta/prob/<T>)
         callbacks=[
             Recorder(
                 run_dir=run_dir,

@@ -7,7 +7,7 @@ Switching from GRPOTrainer is one import and one argument::
 
     trainer = MetaGRPOTrainer(model=..., reward_funcs=..., args=GRPOConfig(...),
                               train_dataset=..., controller=mc.TAMPO(seed=0))
-    trainer.train()          # logs meta/temperature, meta/prob/<T>, meta/advantage/<T>, ...
+    trainer.train()          # logs meta/temperature, meta/policy_entropy, ... and meta/policy
 
 See ``docs/trl.md``.
 
@@ -19,6 +19,7 @@ from metactl.errors import require
 
 require("trl", "trl")
 
-from .trainer import CONTROLLER_FILE, MetaGRPOTrainer, check_temperature_controller  # noqa: E402
+from ._checkpoint import CONTROLLER_FILE  # noqa: E402
+from .trainer import MetaGRPOTrainer, check_temperature_controller  # noqa: E402
 
 __all__ = ["CONTROLLER_FILE", "MetaGRPOTrainer", "check_temperature_controller"]

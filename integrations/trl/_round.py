@@ -81,6 +81,7 @@ class RoundStats:
         """The round's ``[N]`` rewards over every process (NaN: unscored), set by the trainer."""
         self.reward: float | None = None
         self.informative_fraction: float | None = None
+        self.nonfinite_rewards = 0
         self._entropy: list[float] = []
 
     def add_rollouts(
@@ -131,8 +132,14 @@ class RoundStats:
             )
             rows = accelerator.gather(local).cpu()  # one gather, one copy to the host
             sums, (counts, adv, rewards, groups) = rows[:, :-4], rows[:, -4:].T
-            # rows with no scored token, or that no reward function scored, carry nothing
-            keep = (counts > 0) & torch.isfinite(rewards)
+            # a rollout with no scored token, that no reward function scored, or with a non-finite
+            # reward or advantage (an inf reward in its group) carries nothing
+            keep = (
+                (counts > 0)
+                & torch.isfinite(rewards)
+                & torch.isfinite(adv)
+                & torch.isfinite(sums).all(dim=1)
+            )
             if not bool(keep.any()):
                 return None, {"meta/empty_rounds": 1.0}
             loglik = (sums[keep] / counts[keep, None]).numpy()

@@ -9,42 +9,58 @@ micro-steps) is one controller decision::
     first pass    each micro-batch's loss forward also yields its rollouts' log-likelihoods at
                   the virtual temperatures d.virtual, through the seam (no extra model forward)
     round end     statistics gathered across processes -> controller.update(feedback), the
-                  same on every rank; metrics into TRL's logs under "meta/"
-    checkpoint    checkpoint-N/metactl_controller.json, restored by train(resume_from_checkpoint=...)
+                  same on every rank; metrics into TRL's logs under "meta/", the policy as a
+                  TensorBoard histogram
+    checkpoint    checkpoint-N/metactl_controller.json (atomic), validated by
+                  train(resume_from_checkpoint=...) before anything loads, then restored
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import warnings
+import weakref
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import broadcast, is_peft_model
+from transformers.integrations import TensorBoardCallback
 from transformers.utils import logging
 from trl import GRPOTrainer
 
 import metactl as mc
+from metactl.controllers._arms import arm_label
 from metactl.integrations.torch._dispatch import (
     IMPLEMENTATIONS,
     Implementation,
     resolve_implementation,
 )
-from metactl.metric_keys import TEMPERATURE, meta_key
+from metactl.metric_keys import (
+    INFORMATIVE_FRACTION,
+    NONFINITE_REWARDS,
+    POLICY,
+    SKIPPED_ROUNDS,
+    TEMPERATURE,
+    arm_of,
+    meta_key,
+    prob_key,
+)
 
+from ._checkpoint import (
+    CONTROLLER_FILE,
+    TRAINER_STATE_FILE,
+    last_complete_checkpoint,
+    read_controller_file,
+    write_controller_file,
+)
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
 from ._seam import SUPPORTED, choose_seam
 
 logger = logging.get_logger(__name__)
-
-CONTROLLER_FILE = "metactl_controller.json"
-"""Name of the controller's state file inside each ``checkpoint-N/`` folder."""
-
-CHECKPOINT_FORMAT = "metactl.trl/1"
-"""The file holds ``{"format": ..., "seam": ..., "controller": state_dict}``; older files held the
-bare ``state_dict``, and still load."""
 
 GRPO_TRAINER_METHODS = {
     "_generate_and_score_completions": ("inputs",),
@@ -128,6 +144,12 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             and teaches nothing). Both are computed over the whole round, gathered across
             processes. The fraction is logged every round as ``meta/informative_fraction``
             whatever the controller.
+        per_arm_metrics: also log every per-arm metric of the controller's update
+            (``meta/prob/<T>``, ``meta/advantage/<T>``, ``meta/ema_advantage/<T>``, ...: three
+            scalars per arm for TAMPO). Off by default: a round logs a handful of scalars
+            (``meta/temperature``, ``meta/policy_entropy``, ``meta/expected_value``,
+            ``meta/informative_fraction``, ...), and a Discrete meta-policy is drawn as one
+            TensorBoard histogram per round, ``meta/policy``, with ``report_to="tensorboard"``.
         fold_implementation: what folds TRL's logits into the virtual-temperature scores:
             ``"auto"`` (default: the Triton kernel on CUDA/XPU, chunked torch code on CPU),
             ``"torch"`` or ``"triton"``; probed on the policy's device at construction. On a GPU
@@ -155,6 +177,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         controller: mc.Controller | None = None,
         outcome: OutcomeSignal = "mean_reward",
         fold_implementation: Implementation = "auto",
+        per_arm_metrics: bool = False,
         **trainer_kwargs: Any,
     ) -> None:
         if fold_implementation not in IMPLEMENTATIONS:
@@ -165,16 +188,19 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         if outcome not in OUTCOME_SIGNALS:
             raise ValueError(f"outcome: expected one of {list(OUTCOME_SIGNALS)}, got {outcome!r}")
         self.outcome: OutcomeSignal = outcome
+        self.per_arm_metrics = per_arm_metrics
         if controller is not None:
             check_temperature_controller(controller)
         if args is not None:
             _check_config(args)
+            _check_launch(args)
         check_grpo_trainer()
         if controller is not None:
             _warn_used_controller(controller)
         # the installed release's own parameters, whatever they are
         super().__init__(model, reward_funcs, args, *trainer_args, **trainer_kwargs)
         _check_config(self.args)
+        _check_launch(self.args)
         if self.args.use_liger_kernel and "liger_grpo_loss" in vars(self):
             raise ValueError(
                 "MetaGRPOTrainer does not support GRPOConfig(use_liger_kernel=True) on this TRL: "
@@ -202,6 +228,17 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         logger.info("MetaGRPOTrainer: virtual scores through the %r seam", self.seam)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
+        self._resume_state: dict[str, Any] | None = None
+        space = self.controller.space
+        self._arms = space.values if isinstance(space, mc.Discrete) else None
+        self._arm_labels = (
+            frozenset()
+            if self._arms is None
+            else frozenset(arm_label(float(v)) for v in self._arms)
+        )
+        self._skipped_rounds = 0
+        self._warned: set[str] = set()
+        _claim_controller(self)
 
     @property
     def seam(self) -> str:
@@ -247,10 +284,14 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         )
         if self.model.training and self._round is not None:
             # rewards_per_func is gathered over processes: the same round mean on every rank
-            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-            rewards = (rewards_per_func * weights).nansum(dim=1)
+            # float64: a sum of large finite float32 rewards must not overflow
+            weights = self.reward_weights.to(rewards_per_func.device, torch.float64).unsqueeze(0)
+            rewards = (rewards_per_func.double() * weights).nansum(dim=1)
             scorable = ~torch.isnan(rewards_per_func).all(dim=1)
-            self._round.reward = rewards[scorable].mean().item() if bool(scorable.any()) else None
+            finite = scorable & torch.isfinite(rewards)
+            # an inf reward (or one above float32's 3.4e38) is left out of the round's mean
+            self._round.nonfinite_rewards = int((scorable & ~finite).sum())
+            self._round.reward = rewards[finite].mean().item() if bool(finite.any()) else None
             self._round.rewards = torch.where(scorable, rewards, torch.nan)
             group_size = self.num_generations  # typed Optional by TRL; always set to train
             if group_size is not None:
@@ -317,47 +358,212 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         feedback, extra = stats.feedback(self._feedback_kind, self.accelerator, self.outcome)
         metrics = dict(extra)
         if stats.informative_fraction is not None:
-            metrics["meta/informative_fraction"] = stats.informative_fraction
-        if feedback is not None:
-            metrics.update({meta_key(k): v for k, v in self.controller.update(feedback).items()})
+            metrics[meta_key(INFORMATIVE_FRACTION)] = stats.informative_fraction
+        if stats.nonfinite_rewards:
+            metrics[meta_key(NONFINITE_REWARDS)] = stats.nonfinite_rewards
+            self._warn_once(
+                "nonfinite",
+                f"{stats.nonfinite_rewards} rewards of a round were inf (or above float32's "
+                "3.4e38): the controller learns from the round's finite ones; counted as "
+                f"{meta_key(NONFINITE_REWARDS)}",
+            )
+        if feedback is None:
+            self._skipped_rounds += 1
+            metrics[meta_key(SKIPPED_ROUNDS)] = self._skipped_rounds
+            self._warn_once(
+                "skipped",
+                "a round gave the controller nothing to learn from (no finite reward, or no "
+                f"scored rollout): it is skipped and counted as {meta_key(SKIPPED_ROUNDS)}",
+            )
+        else:
+            update: dict[str, float] = self.controller.update(feedback)
+            metrics.update(
+                {
+                    meta_key(k): v
+                    for k, v in update.items()
+                    if self.per_arm_metrics or arm_of(k, self._arm_labels) is None
+                }
+            )
+            self._log_policy(update)
         for key, value in metrics.items():
             self._metrics["train"][key].append(float(value))
         self._round = None
         self._round_start_state = None
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _log_policy(self, update: dict[str, float]) -> None:
+        """The meta-policy as one TensorBoard histogram per round (``report_to="tensorboard"``).
+
+        The policy is the one the update reports (a Discrete policy's ``prob/<label>`` per arm),
+        written with transformers' own TensorBoard writer: one bucket per arm holding its
+        probability, so TensorBoard's histogram view shows the policy's course over the run.
+        """
+        if self._arms is None:
+            return
+        keys = [prob_key(arm_label(float(v))) for v in self._arms]
+        if not all(k in update for k in keys):  # a controller without a policy (Fixed, ...)
+            return
+        probs = np.array([update[k] for k in keys], dtype=np.float64)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                callback.tb_writer.add_histogram_raw(
+                    meta_key(POLICY),
+                    **policy_histogram(self._arms, probs),
+                    # the round ends in its last micro-step, before the optimizer step that
+                    # the round's scalars are logged at
+                    global_step=self.state.global_step + 1,
+                )
+
     # --- checkpoints -----------------------------------------------------------------------------
+    def train(
+        self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """``Trainer.train``; a resume reads and checks the controller file before anything loads.
+
+        ``resume_from_checkpoint=True`` takes the newest checkpoint whose save completed (one
+        interrupted mid-save is skipped, named in a warning). The checkpoint's
+        ``metactl_controller.json`` is validated and tried on a copy of the controller first: a
+        bad file raises ``ValueError`` naming the file and the field, with the model, optimizer
+        and controller untouched. A round left open by an earlier ``train()`` that raised (e.g.
+        a reward function failed) is abandoned: the controller returns to the state before that
+        round's decision, as if it had not been sampled.
+
+        Raises:
+            ValueError: no complete checkpoint, a partial checkpoint named, or a bad controller file.
+        """
+        self._abandon_open_round()
+        checkpoint = None if resume_from_checkpoint is False else resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint, partial = last_complete_checkpoint(self.args.output_dir)
+            if partial:
+                warnings.warn(
+                    f"skipping {', '.join(partial)}: the save was interrupted (no "
+                    f"{TRAINER_STATE_FILE}); resuming from {checkpoint}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            if checkpoint is None:
+                raise ValueError(
+                    f"No valid checkpoint found in output directory ({self.args.output_dir})"
+                )
+        self._resume_state = None
+        if checkpoint is not None:
+            checkpoint = os.fspath(checkpoint)
+            if not os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_FILE)):
+                raise ValueError(
+                    f"resume_from_checkpoint: {checkpoint} has no {TRAINER_STATE_FILE}: its save "
+                    "was interrupted or it is not a checkpoint; resume from an earlier one"
+                )
+            path = os.path.join(checkpoint, CONTROLLER_FILE)
+            if os.path.lexists(path):
+                self._resume_state = read_controller_file(path, self.controller)
+                self._warn_mid_round(checkpoint)
+            else:
+                warnings.warn(
+                    f"{checkpoint} has no {CONTROLLER_FILE} (not saved by MetaGRPOTrainer); "
+                    "the controller starts from its initial state",
+                    stacklevel=2,
+                )
+        return super().train(checkpoint, *args, **kwargs)
+
+    def _abandon_open_round(self) -> None:
+        """Put the controller back to the start of a round that never finished."""
+        if self._round is not None and self._round_start_state is not None:
+            self.controller.load_state_dict(self._round_start_state)
+        self._round = None
+        self._round_start_state = None
+
+    def _warn_mid_round(self, checkpoint: str) -> None:
+        """Say what a resume from a checkpoint saved in the middle of a round does."""
+        with open(os.path.join(checkpoint, TRAINER_STATE_FILE)) as f:
+            global_step = json.load(f).get("global_step")
+        if not isinstance(global_step, int):
+            return
+        micro = global_step * self.args.gradient_accumulation_steps
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        done = micro % generate_every
+        if done:
+            warnings.warn(
+                f"{checkpoint} was saved {done} of the {generate_every} micro-steps into a "
+                "generation round (TRL does not save a round's rollouts). The resumed run "
+                "starts a new round there, at the interrupted round's temperature (the "
+                "controller is restored to that round's start) on new rollouts; later rounds "
+                f"start {done} micro-steps earlier than in an uninterrupted run, so it can make one "
+                "more round and samples other temperatures from then on. For an exact resume, "
+                "save at round boundaries: save_steps a multiple of "
+                f"{generate_every // math.gcd(generate_every, self.args.gradient_accumulation_steps)}.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model as ``GRPOTrainer`` does, plus the controller as ``metactl_controller.json``.
 
         Checkpoints save through here first, so the file is in ``checkpoint-N/`` before the
-        Trainer pushes the checkpoint to the Hub or rotates old ones.
+        Trainer pushes the checkpoint to the Hub or rotates old ones. It is written atomically.
         """
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
             # Mid-round, save the state the round started from: a resumed run regenerates the round.
             state = self.controller.state_dict() if self._round is None else self._round_start_state
+            assert state is not None  # set with every round
             folder = self.args.output_dir if output_dir is None else output_dir
-            record = {"format": CHECKPOINT_FORMAT, "seam": self.seam, "controller": state}
-            with open(os.path.join(folder, CONTROLLER_FILE), "w") as f:
-                json.dump(record, f)
+            write_controller_file(folder, self.seam, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        path = os.path.join(checkpoint, CONTROLLER_FILE)
-        if not os.path.exists(path):
-            warnings.warn(
-                f"{checkpoint} has no {CONTROLLER_FILE} (not saved by MetaGRPOTrainer); "
-                "the controller starts from its initial state",
-                stacklevel=2,
-            )
-            return
-        with open(path) as f:
-            record = json.load(f)
-        is_record = isinstance(record, dict) and record.get("format") == CHECKPOINT_FORMAT
-        self.controller.load_state_dict(record["controller"] if is_record else record)
-        self._round = None
+        if checkpoint is not None and self._resume_state is not None:
+            # read and tried on a copy by train(), before anything was loaded
+            self.controller.load_state_dict(self._resume_state)
+            self._resume_state = None
+            self._round = None
+            self._round_start_state = None
+
+
+def policy_histogram(arms: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """A discrete policy as the arguments of TensorBoard's ``add_histogram_raw``.
+
+    One bucket per arm (sorted), reaching halfway to its neighbours, holding the arm's
+    probability; ``num`` is 1, ``sum`` the mean arm ``sum_k p_k v_k`` and ``sum_squares``
+    ``sum_k p_k v_k^2``.
+    """
+    order = np.argsort(arms)
+    values, mass = arms[order].astype(np.float64), probs[order]
+    gaps = np.diff(values) / 2 if values.size > 1 else np.array([0.5])
+    limits = np.append(values[:-1] + gaps, values[-1] + gaps[-1])
+    held = values[mass > 0]
+    return {
+        "min": float(held.min()),
+        "max": float(held.max()),
+        "num": float(mass.sum()),
+        "sum": float(mass @ values),
+        "sum_squares": float(mass @ values**2),
+        "bucket_limits": limits.tolist(),
+        "bucket_counts": mass.tolist(),
+    }
+
+
+_DRIVEN: weakref.WeakValueDictionary[int, MetaGRPOTrainer] = weakref.WeakValueDictionary()
+"""id(controller) -> the live trainer it drives."""
+
+
+def _claim_controller(trainer: MetaGRPOTrainer) -> None:
+    """Warn when the controller already drives another live MetaGRPOTrainer."""
+    other = _DRIVEN.get(id(trainer.controller))
+    if other is not None and other is not trainer and other.controller is trainer.controller:
+        warnings.warn(
+            f"controller {type(trainer.controller).__name__} already drives another "
+            "MetaGRPOTrainer: two trainers on one controller interleave their decisions and "
+            "updates (and share its RNG), so neither run is what it would be alone. Build one "
+            "controller per trainer.",
+            UserWarning,
+            stacklevel=3,
+        )
+    _DRIVEN[id(trainer.controller)] = trainer
 
 
 def check_grpo_trainer() -> None:
@@ -404,6 +610,28 @@ def _warn_unused_temperature(args: Any) -> None:
             f"controller=mc.Fixed({args.temperature}).",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def _check_launch(args: Any) -> None:
+    """Refuse processes that a launcher started together but accelerate runs each alone.
+
+    ``torchrun --nproc_per_node N`` (or ``accelerate launch``) sets ``WORLD_SIZE``; on a machine
+    without GPUs, accelerate >= 1.13 runs every process as a single-process run (each rank 0)
+    unless ``use_cpu=True``: N independent copies that share no controller and write the same
+    checkpoints.
+
+    Raises:
+        ValueError: ``WORLD_SIZE`` differs from the process count the trainer sees.
+    """
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if launched.isdigit() and int(launched) > 1 and int(launched) != args.world_size:
+        raise ValueError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but the trainer "
+            f"sees {args.world_size}: each process would train alone, as rank 0, with its own "
+            "controller, and all would write the same checkpoints. On a machine without GPUs, "
+            "accelerate (>= 1.13) runs processes together only with GRPOConfig(use_cpu=True): "
+            "set it, or launch one process."
         )
 
 

@@ -85,8 +85,9 @@ def test_temperature_follows_controller_and_no_extra_forward(tokenizer, model, t
     logged = [h["meta/temperature"] for h in trainer.state.log_history if "meta/temperature" in h]
     assert logged == decided
     assert ctl.updates == 2
-    last = next(h for h in reversed(trainer.state.log_history) if "meta/prob/1" in h)
-    assert {"meta/advantage/0.6", "meta/prob/1.5", "meta/noop"} <= set(last)
+    last = next(h for h in reversed(trainer.state.log_history) if "meta/policy_entropy" in h)
+    assert {"meta/expected_value", "meta/noop"} <= set(last)
+    assert not any(k.startswith("meta/prob/") for k in last)  # per-arm detail: on request
     assert any("meta/grid_peak_temperature/positive" in h for h in trainer.state.log_history)
     # every model forward outside generation is one of TRL's fused log-prob forwards
     assert spy.backbone == spy.fused + spy.plain
