@@ -167,10 +167,12 @@ def test_inf_rewards_are_left_out_and_the_controller_learns(tokenizer, model, tm
         expected = [float(np.mean([r for r in seen if r < 1e38])) for seen in one_inf_reward.seen]
         assert [f.reward for f in feedbacks] == pytest.approx(expected, rel=1e-6)
     else:
-        # TAMPO learns from TRL's own advantages: all 8 rollouts where TRL zeroes the inf
-        # group's NaN advantages, else the 4 of the finite group (NaN rows left out)
+        # TAMPO learns from TRL's own advantages, never from a rollout whose reward is inf: the
+        # 6 finite-reward rollouts where TRL zeroes the inf group's NaN advantages, else the 4 of
+        # the finite group (NaN-advantage rows left out too)
         for f in feedbacks:
-            assert f.advantages.size == (8 if TRL_ZEROES_NAN_ADVANTAGES else 4)
+            assert f.advantages.size == (6 if TRL_ZEROES_NAN_ADVANTAGES else 4)
+            assert f.rewards is not None and np.isfinite(f.rewards).all()
             assert np.isfinite(f.advantages).all() and np.isfinite(f.loglik).all()
 
 
