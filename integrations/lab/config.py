@@ -443,6 +443,10 @@ class CompareConfig(BaseModel):
             prompts (:func:`~metactl.integrations.lab.testbed.tasks.max_eval_size`).
         trainer: GRPO settings.
         warm_start: warm-start settings.
+        random_reward: None (the task's verifier), or a probability in (0, 1): every
+            completion's reward is then 1 with that probability, drawn independently of the
+            completion (:func:`~metactl.integrations.lab.testbed.tasks.random_reward`), the
+            negative control on which no temperature helps.
         controllers: the controllers to compare (distinct labels).
     """
 
@@ -457,6 +461,13 @@ class CompareConfig(BaseModel):
     eval_size: Int = Field(default=200, ge=1, le=MAX_EVAL_SIZE)
     trainer: TrainerSettings = TrainerSettings()
     warm_start: WarmStartSettings = WarmStartSettings()
+    random_reward: Real | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="A control: every completion's reward is 1 with this probability, else 0, "
+        "drawn at random (seeded by the run's seed) whatever the completion says.",
+    )
     controllers: list[ControllerSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
