@@ -338,8 +338,15 @@ def _compare_locked(
                 )
                 finished(i, s, res)
         else:
+            # This module's run_one as it is now, so that a replacement reaches the workers.
             run_parallel(
-                cfg, out_p, jobs, device=device, workers=workers, on_done=finished_in_worker
+                cfg,
+                out_p,
+                jobs,
+                device=device,
+                workers=workers,
+                on_done=finished_in_worker,
+                train=run_one,
             )
     except KeyboardInterrupt:
         if bar is not None:
