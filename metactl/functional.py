@@ -159,3 +159,118 @@ def adam_ascent(
     m_hat = m / (1 - b1**t)
     v_hat = v / (1 - b2**t)
     return params + lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+def group_log_likelihood_ratios(
+    loglik: FloatArray, lengths: FloatArray, groups: NDArray[np.int64], played: int
+) -> tuple[FloatArray, NDArray[np.int64]]:
+    """log Lambda_bk = sum_{i in b} L_i (l_i(T_k) - l_i(T_s)): each group's joint likelihood ratio.
+
+    ``loglik[i, k]`` is rollout i's mean token log-probability at arm k, ``lengths[i]`` its
+    scored tokens L_i (so L_i l_i(T_k) is its total log-likelihood) and ``played`` the column
+    s of the arm the rollouts were sampled at. Lambda_bk is the probability of group b's G
+    completions, all together, at T_k relative to T_s. Returns ``(log_lambda [B, K], ids [B])``
+    with the groups in increasing order of id. Each rollout's term is clipped to +-1e290, so
+    that any finite scores (a mask fill of -3.4e38 times a long length) give finite sums.
+    """
+    ids, index = np.unique(groups, return_inverse=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        log_ratio = lengths[:, None] * (loglik - loglik[:, played : played + 1])
+    log_ratio = np.clip(np.nan_to_num(log_ratio, nan=0.0), -1e290, 1e290)
+    log_lambda = np.zeros((ids.size, loglik.shape[1]))
+    np.add.at(log_lambda, index, log_ratio)
+    return log_lambda, ids
+
+
+def equal_reward_groups(
+    rewards: FloatArray, groups: NDArray[np.int64], tol: float = 1e-8
+) -> FloatArray:
+    """e_b = 1 if every reward of group b lies within ``tol`` of the others (max - min <= tol), else 0.
+
+    Such a group has zero GRPO advantage and teaches nothing; a group of one rollout counts as
+    equal. Returns ``e [B]`` with the groups in increasing order of id.
+    """
+    ids, index = np.unique(groups, return_inverse=True)
+    high = np.full(ids.size, -np.inf)
+    low = np.full(ids.size, np.inf)
+    np.maximum.at(high, index, rewards)
+    np.minimum.at(low, index, rewards)
+    return np.asarray(high - low <= tol, dtype=np.float64)
+
+
+def informativeness_gains(
+    log_lambda: FloatArray, equal: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """(d [K], ess [K]): each arm's gain in informative fraction over the played arm, and its ESS.
+
+    With group weights self-normalised over the batch's B groups at each arm,
+    w_bk = Lambda_bk / sum_c Lambda_ck (w_bs = 1/B at the played arm s), the informative
+    fraction at T_k is U_k = 1 - sum_b w_bk e_b and
+
+        d_k = U_k - U_s = -sum_b w_bk (e_b - ebar),      ebar = (1/B) sum_b e_b
+        ess_k = 1 / sum_b w_bk^2                          (B at the played arm)
+    """
+    weights = softmax(log_lambda, axis=0)
+    gains = -(equal - np.mean(equal)) @ weights
+    return np.asarray(gains), np.asarray(1.0 / np.sum(weights**2, axis=0))
+
+
+def sharpness_slopes(loglik: FloatArray, virtual: FloatArray, value: float) -> FloatArray:
+    """g_i ~= dl_i/dbeta at beta_s = 1/value: each rollout's sharpness, from its virtual scores.
+
+    The derivative at beta_s of the parabola in beta = 1/T through rollout i's scores at the
+    three virtual arms nearest beta_s (its error is O(h^2) in the arms' spacing h; the
+    secant of the two arms when only two are given). g_i > 0: rollout i is sharper than its
+    positions' entropy predicts (it prefers a colder temperature). Exactly,
+    g_i = (1/L_i) sum_t (z_{o_t} - E_{p_beta_s}[z_t]).
+    """
+    beta = 1.0 / np.asarray(virtual, dtype=np.float64)
+    beta_s = 1.0 / value
+    if np.unique(beta).size < 2:
+        raise ValueError(
+            f"sharpness_slopes: need at least two distinct virtual arms, got {list(virtual)}"
+        )
+    nearest = np.argsort(np.abs(beta - beta_s), kind="stable")
+    _, first = np.unique(beta[nearest], return_index=True)
+    pick = nearest[np.sort(first)][:3]  # the nearest distinct arms, nearest first
+    x = beta[pick] - beta_s
+    y = loglik[:, pick]
+    if pick.size == 2:
+        return np.asarray((y[:, 1] - y[:, 0]) / (x[1] - x[0]))
+    x0, x1, x2 = x
+    # derivative at 0 of the Lagrange parabola through (x_j, y_j)
+    c0 = (-x1 - x2) / ((x0 - x1) * (x0 - x2))
+    c1 = (-x0 - x2) / ((x1 - x0) * (x1 - x2))
+    c2 = (-x0 - x1) / ((x2 - x0) * (x2 - x1))
+    return np.asarray(c0 * y[:, 0] + c1 * y[:, 1] + c2 * y[:, 2])
+
+
+def sharpness_advantage_covariance(sharpness: FloatArray, advantages: FloatArray) -> float:
+    """C_g = (1/N) sum_i A_i g_i: the slope in beta = 1/T of TAMPO's batch signal, to first order.
+
+    A policy-gradient estimate of d(pass rate)/d(1/T) at the sampling temperature: C_g > 0
+    means good rollouts are the sharp ones, so TAMPO moves its policy toward colder arms.
+    """
+    return float(np.mean(advantages * sharpness))
+
+
+def carry_beyond_reach(
+    gains: FloatArray, reached: NDArray[np.bool_], values: FloatArray, played: int
+) -> FloatArray:
+    """Each arm's gain, with an arm out of reach credited the gain of the nearest reached arm
+    between it and the played arm (walking outward from T_s in temperature order).
+
+    d_k unchanged where reached_k; else d_k = d_j, j the reached arm on k's side of T_s that is
+    nearest to k on the way from s (the played arm itself, d_s = 0, when none is).
+    """
+    order = np.argsort(values, kind="stable")
+    start = int(np.flatnonzero(order == played)[0])
+    out = np.asarray(gains, dtype=np.float64).copy()
+    for side in (order[start + 1 :], order[:start][::-1]):
+        carry = out[played]
+        for k in side:
+            if reached[k]:
+                carry = out[k]
+            else:
+                out[k] = carry
+    return out

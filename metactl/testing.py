@@ -32,12 +32,21 @@ from metactl.spaces import Box, Discrete
 def random_feedback(
     feedback_type: type, decision: Decision, rng: np.random.Generator, num_rollouts: int = 16
 ) -> Feedback:
-    """A valid feedback of ``feedback_type`` for ``decision``, drawn from ``rng``."""
+    """A valid feedback of ``feedback_type`` for ``decision``, drawn from ``rng``.
+
+    Counterfactual feedback carries every optional field: 0/1 rewards, prompt groups of four
+    consecutive rollouts, and scored lengths of 1 to 32 tokens.
+    """
     if feedback_type is Counterfactual:
         m = decision.virtual.size
         loglik = -rng.gamma(2.0, 0.5, size=(num_rollouts, m))
         advantages = rng.standard_normal(num_rollouts)
-        return Counterfactual(decision, loglik, advantages)
+        rewards = rng.integers(0, 2, size=num_rollouts).astype(np.float64)
+        groups = np.arange(num_rollouts) // 4
+        lengths = rng.integers(1, 33, size=num_rollouts).astype(np.float64)
+        return Counterfactual(
+            decision, loglik, advantages, rewards=rewards, groups=groups, lengths=lengths
+        )
     if feedback_type is Outcome:
         return Outcome(decision, float(rng.standard_normal()))
     if feedback_type is Outcomes:

@@ -29,6 +29,10 @@ CONTROLLER_FACTORIES: dict[str, Callable[[], mc.BaseController]] = {
     "metagradient-box-linear": lambda: mc.MetaGradient(
         mc.Box(0.2, 2.0), entropy_bonus=0.01, seed=6
     ),
+    "informativeness": lambda: mc.Informativeness(seed=9),
+    "informativeness-nucleus": lambda: mc.Informativeness(
+        GRID, ema=0.3, scale=0.1, top_p=0.7, min_ess=0.9, seed=10
+    ),
     "ucb": lambda: mc.SlidingWindowUCB(GRID, window=20, seed=7),
     "fixed": lambda: mc.Fixed(1.0),
     "fixed-in-box": lambda: mc.Fixed(0.7, space=mc.Box(0.3, 3.0)),

@@ -8,6 +8,7 @@ from metactl.controllers.base import (
     preferred_feedback,
 )
 from metactl.controllers.baselines import EntropyTarget, Fixed, Schedule, SlidingWindowUCB
+from metactl.controllers.informativeness import Informativeness
 from metactl.controllers.meta_gradient import MetaGradient
 from metactl.controllers.tampo import PAPER_TEMPERATURES, TAMPO
 
@@ -19,6 +20,7 @@ __all__ = [
     "Controller",
     "EntropyTarget",
     "Fixed",
+    "Informativeness",
     "MetaGradient",
     "Metrics",
     "Schedule",

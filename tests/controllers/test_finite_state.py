@@ -23,6 +23,7 @@ from metactl.testing import random_feedback
 F32_MIN = float(np.finfo(np.float32).min)
 EXTREMES = [0.0, 5e-324, -1e-300, 1e15, -1e15, 1e100, -1e100, 1e160, 1e308, -1e308, F32_MIN]
 VALUES = st.one_of(st.floats(-10, 10), st.sampled_from(EXTREMES))
+LENGTHS = st.one_of(st.floats(1, 1000), st.sampled_from([5e-324, 1e-300, 1e15, 1e100]))
 
 
 def feedback_or_refusal(kind: type, d: mc.Decision, data: st.DataObject) -> mc.Feedback | None:
@@ -33,7 +34,12 @@ def feedback_or_refusal(kind: type, d: mc.Decision, data: st.DataObject) -> mc.F
             rows = [data.draw(st.lists(VALUES, min_size=d.virtual.size, max_size=d.virtual.size))]
             rows += [[data.draw(VALUES)] * d.virtual.size for _ in range(n - 1)]  # constant rows
             adv = data.draw(st.lists(VALUES, min_size=n, max_size=n))
-            return mc.Counterfactual(d, np.array(rows), np.array(adv))
+            rewards = data.draw(st.lists(VALUES, min_size=n, max_size=n))
+            groups = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+            lengths = data.draw(st.lists(LENGTHS, min_size=n, max_size=n))
+            return mc.Counterfactual(
+                d, np.array(rows), np.array(adv), rewards=rewards, groups=groups, lengths=lengths
+            )
         if kind is mc.Outcome:
             return mc.Outcome(d, data.draw(VALUES))
         if kind is mc.Outcomes:
