@@ -10,6 +10,7 @@ only: in Python, :meth:`ControllerSpec.build` returns the controller object::
     seeds: 3
     controllers:
       - kind: tampo            # mc.TAMPO(ema=0.05, top_p=0.7)
+      - kind: informativeness  # mc.Informativeness(ema=0.1, scale=0.02, top_p=1.0, min_ess=0.5)
       - kind: fixed
         temperature: 0.6
       - kind: schedule         # mc.Schedule.linear(0.9, 1.5, steps=<steps>)
@@ -34,6 +35,7 @@ from metactl.controllers import (
     Controller,
     EntropyTarget,
     Fixed,
+    Informativeness,
     MetaGradient,
     Schedule,
     SlidingWindowUCB,
@@ -179,6 +181,31 @@ class TAMPOSpec(_Spec):
             top_p=self.top_p,
             normaliser=self.normaliser,
             warmup_steps=self.warmup_steps,
+            seed=seed,
+        )
+
+
+class InformativenessSpec(_Spec):
+    """``mc.Informativeness`` over a temperature grid (default 0.6..1.5): the temperature at which
+    the most prompt groups have unequal rewards, estimated from the round's own rollouts."""
+
+    kind: Literal["informativeness"]
+    temperatures: list[Temperature] | None = Field(default=None, min_length=2)
+    ema: Real = Field(default=0.1, gt=0, le=1)
+    scale: Real = Field(default=0.02, gt=0, le=1e6)
+    top_p: Real = Field(default=1.0, ge=0, le=1)
+    min_ess: Real = Field(default=0.5, gt=0, le=1)
+
+    def default_name(self) -> str:
+        return "Informativeness"
+
+    def build(self, *, seed: int, steps: int, vocab_size: int) -> Controller:
+        return Informativeness(
+            _grid(self.temperatures),
+            ema=self.ema,
+            scale=self.scale,
+            top_p=self.top_p,
+            min_ess=self.min_ess,
             seed=seed,
         )
 
@@ -352,6 +379,7 @@ class FixedSpec(_Spec):
 
 ControllerSpec = Annotated[
     TAMPOSpec
+    | InformativenessSpec
     | MetaGradientSpec
     | SlidingWindowUCBSpec
     | ScheduleSpec
@@ -364,6 +392,7 @@ ControllerSpec = Annotated[
 
 CONTROLLER_KINDS: tuple[str, ...] = (
     "tampo",
+    "informativeness",
     "meta_gradient",
     "sliding_window_ucb",
     "schedule",

@@ -61,6 +61,7 @@ def test_every_controller_kind_builds_the_documented_object() -> None:
             {"kind": "entropy_target"},
             {"kind": "fixed", "temperature": 0.6},
             {"kind": "piecewise", "boundaries": [75], "values": [1.0, 0.6]},
+            {"kind": "informativeness", "temperatures": [0.3, 1.0, 2.0], "scale": 0.05},
         )
     )
     built = [c.build(seed=0, steps=cfg.steps, vocab_size=50) for c in cfg.controllers]
@@ -74,7 +75,10 @@ def test_every_controller_kind_builds_the_documented_object() -> None:
         mc.EntropyTarget,
         mc.Fixed,
         mc.Schedule,
+        mc.Informativeness,
     ]
+    assert list(built[8].space.values) == [0.3, 1.0, 2.0] and built[8].scale == 0.05
+    assert cfg.controllers[8].label() == "Informativeness"
     assert isinstance(built[2].space, mc.Box) and built[2].space.log
     assert [built[7].value_at(s) for s in (0, 74, 75, 149)] == [1.0, 1.0, 0.6, 0.6]
     assert cfg.controllers[7].label() == "piecewise 1@0 -> 0.6@75"
