@@ -6,7 +6,7 @@ fraction, or its mean token entropy). At the end of the round :meth:`RoundStats.
 accelerate so that every process builds the identical feedback::
 
     stats = RoundStats(decision)
-    stats.add_rollouts(sums, counts, advantages)       # per micro-batch, local rows
+    stats.add_rollouts(sums, counts, advantages, rewards, groups)  # per micro-batch, local rows
     feedback = stats.feedback(mc.preferred_feedback(controller, TRL_FEEDBACK), accelerator)
     metrics = controller.update(feedback)
 """
@@ -73,15 +73,24 @@ class RoundStats:
         self._sums: list[Tensor] = []
         self._counts: list[Tensor] = []
         self._advantages: list[Tensor] = []
+        self._rewards: list[Tensor] = []
+        self._groups: list[Tensor] = []
+        #: Every rollout's reward in generation order, gathered over processes (NaN: unscored).
+        self.rollout_rewards: Tensor | None = None
         self.reward: float | None = None
         self.informative_fraction: float | None = None
         self._entropy: list[float] = []
 
-    def add_rollouts(self, sums: Tensor, counts: Tensor, advantages: Tensor) -> None:
-        """Rows of one micro-batch: ``[B, M]`` log-prob sums, ``[B]`` token counts, ``[B]`` advantages."""
+    def add_rollouts(
+        self, sums: Tensor, counts: Tensor, advantages: Tensor, rewards: Tensor, groups: Tensor
+    ) -> None:
+        """Rows of one micro-batch: ``[B, M]`` log-prob sums, ``[B]`` token counts, ``[B]``
+        advantages, ``[B]`` rewards (NaN: unscored) and ``[B]`` prompt-group ids of the round."""
         self._sums.append(sums.float())
         self._counts.append(counts.float())
         self._advantages.append(advantages.detach().float().reshape(advantages.size(0), -1)[:, 0])
+        self._rewards.append(rewards.detach().float().reshape(-1))
+        self._groups.append(groups.detach().float().reshape(-1))
 
     def add_entropy(self, entropy: float) -> None:
         """The (already process-reduced) mean token entropy of one micro-batch."""
@@ -107,24 +116,34 @@ class RoundStats:
         if kind is mc.Counterfactual:
             if not self._sums:
                 return None, {}
+            device = self._sums[0].device
             local = torch.cat(
                 [
                     torch.cat(self._sums),
                     torch.cat(self._counts)[:, None],
-                    torch.cat(self._advantages)[:, None].to(self._sums[0].device),
+                    torch.cat(self._advantages)[:, None].to(device),
+                    torch.cat(self._rewards)[:, None].to(device),
+                    torch.cat(self._groups)[:, None].to(device),
                 ],
                 dim=1,
             )
             rows = accelerator.gather(local).double().cpu()  # one gather, one copy to the host
-            sums, counts, adv = rows[:, :-2], rows[:, -2], rows[:, -1]
-            keep = counts > 0
+            sums, counts, adv = rows[:, :-4], rows[:, -4], rows[:, -3]
+            rewards, groups = rows[:, -2], rows[:, -1]
+            keep = (counts > 0) & torch.isfinite(rewards)
             if not bool(keep.any()):
                 return None, {"meta/empty_rounds": 1.0}
             loglik = (sums[keep] / counts[keep, None]).numpy()
             advantages = adv[keep].numpy()
-            return mc.Counterfactual(d, loglik, advantages), grid_peak_metrics(
-                loglik, advantages, d.virtual
+            feedback = mc.Counterfactual(
+                d,
+                loglik,
+                advantages,
+                rewards=rewards[keep].numpy(),
+                groups=groups[keep].round().long().numpy(),
+                lengths=counts[keep].numpy(),
             )
+            return feedback, grid_peak_metrics(loglik, advantages, d.virtual)
         if kind is mc.Outcome:
             reward = self.reward if outcome == "mean_reward" else self.informative_fraction
             if reward is None or not math.isfinite(reward):

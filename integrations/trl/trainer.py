@@ -82,6 +82,12 @@ def _broadcast_json(obj: Any, accelerator: Any) -> Any:
     return json.loads(bytes(buf.cpu().tolist()).decode())
 
 
+#: Keys of the generation batch under which each rollout's reward and prompt group ride along
+#: with its row (TRL shuffles and splits the batch); removed again before TRL computes the loss.
+ROLLOUT_REWARDS = "metactl_rollout_rewards"
+ROLLOUT_GROUPS = "metactl_rollout_groups"
+
+
 class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy (pyproject)
     """``trl.GRPOTrainer`` whose sampling temperature is a metactl controller's decision.
 
@@ -224,6 +230,16 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             self.set_temperature(decision.value)
             self._metrics["train"][meta_key(TEMPERATURE)].append(decision.value)
         batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+        stats = self._round
+        if self.model.training and stats is not None and stats.rollout_rewards is not None:
+            # Each local row's reward and prompt group travel with it through TRL's shuffle and
+            # split of the generation batch (rows of a group are consecutive before it; this
+            # process holds the rows TRL's process_slice picks).
+            ids = batch["completion_ids"]
+            start = self.accelerator.process_index * ids.size(0)
+            rows = torch.arange(start, start + ids.size(0), device=ids.device)
+            batch[ROLLOUT_REWARDS] = stats.rollout_rewards.to(ids.device)[rows]
+            batch[ROLLOUT_GROUPS] = torch.div(rows, self.num_generations, rounding_mode="floor")
         return batch
 
     def _calculate_rewards(
@@ -238,6 +254,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             rewards = (rewards_per_func * weights).nansum(dim=1)
             scorable = ~torch.isnan(rewards_per_func).all(dim=1)
             self._round.reward = rewards[scorable].mean().item() if bool(scorable.any()) else None
+            self._round.rollout_rewards = torch.where(scorable, rewards, torch.nan).detach()
             group_size = self.num_generations  # typed Optional by TRL; always set to train
             if group_size is not None:
                 self._round.informative_fraction = informative_fraction(
@@ -253,6 +270,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         num_items_in_batch: Any = None,
     ) -> Any:
         """GRPOTrainer's loss; in a round's first pass the seam also scores the virtual temperatures."""
+        # The rows' rewards and groups are the controller's, not the loss's.
+        rewards, groups = inputs.pop(ROLLOUT_REWARDS, None), inputs.pop(ROLLOUT_GROUPS, None)
         generate_every = self.args.steps_per_generation * self.num_iterations
         first_pass = self._step % generate_every < self.args.steps_per_generation
         stats = self._round
@@ -263,7 +282,14 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             length = inputs["completion_ids"].size(1)
             with self._seam.armed(stats.decision.virtual.tolist(), length):
                 loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self._score_virtual(stats, inputs, self._seam.take(inputs["completion_ids"].size(0)))
+            if rewards is None or groups is None:
+                raise RuntimeError(
+                    "MetaGRPOTrainer: a round's micro-batch lost its rollouts' rewards and "
+                    f"groups ({ROLLOUT_REWARDS!r}, {ROLLOUT_GROUPS!r}); this TRL release "
+                    "reorders the generation batch in a way MetaGRPOTrainer does not follow"
+                )
+            per_token = self._seam.take(inputs["completion_ids"].size(0))
+            self._score_virtual(stats, inputs, per_token, rewards, groups)
         else:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if kind is mc.EntropyObservation:
@@ -271,7 +297,12 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         return loss
 
     def _score_virtual(
-        self, stats: RoundStats, inputs: dict[str, Any], per_token: torch.Tensor
+        self,
+        stats: RoundStats,
+        inputs: dict[str, Any],
+        per_token: torch.Tensor,
+        rewards: torch.Tensor,
+        groups: torch.Tensor,
     ) -> None:
         """Sum this micro-batch's completion-token scores ``[B, L, K]`` per rollout."""
         mask = inputs["completion_mask"]
@@ -279,7 +310,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             mask = mask * inputs["tool_mask"]
         mask = mask.to(per_token.device, torch.float32)
         sums = (per_token * mask[..., None]).sum(dim=1)
-        stats.add_rollouts(sums, mask.sum(dim=1), inputs["advantages"])
+        stats.add_rollouts(sums, mask.sum(dim=1), inputs["advantages"], rewards, groups)
 
     def training_step(
         self, model: Any, inputs: Any, num_items_in_batch: Any = None

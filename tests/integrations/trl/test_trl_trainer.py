@@ -171,7 +171,13 @@ def test_virtual_scores_equal_log_softmax_of_the_model_logits(tokenizer, model, 
     checked: list[int] = []
     score_virtual = trainer._score_virtual
 
-    def checking(stats: Any, inputs: dict[str, Any], per_token: torch.Tensor) -> None:
+    def checking(
+        stats: Any,
+        inputs: dict[str, Any],
+        per_token: torch.Tensor,
+        rewards: torch.Tensor,
+        groups: torch.Tensor,
+    ) -> None:
         completion = inputs["completion_ids"]
         ids = torch.cat([inputs["prompt_ids"], completion], 1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
@@ -191,11 +197,11 @@ def test_virtual_scores_equal_log_softmax_of_the_model_logits(tokenizer, model, 
         )
         got: list[tuple[torch.Tensor, torch.Tensor]] = []
         add_rollouts = stats.add_rollouts
-        stats.add_rollouts = lambda sums, counts, adv: (
+        stats.add_rollouts = lambda sums, counts, adv, rewards, groups: (
             got.append((sums, counts)),
-            add_rollouts(sums, counts, adv),
+            add_rollouts(sums, counts, adv, rewards, groups),
         )
-        score_virtual(stats, inputs, per_token)
+        score_virtual(stats, inputs, per_token, rewards, groups)
         del stats.add_rollouts
         ((sums, counts),) = got
         assert sums.shape == (completion.size(0), len(temps)) and len(temps) == 10
@@ -206,6 +212,61 @@ def test_virtual_scores_equal_log_softmax_of_the_model_logits(tokenizer, model, 
     trainer._score_virtual = checking
     trainer.train()
     assert len(checked) == 2 and trainer.controller.updates == 2
+
+
+def test_counterfactual_carries_each_rollouts_reward_group_and_length(tokenizer, model, tmp_path):
+    """Rewards, prompt groups and scored lengths stay with their rollouts through TRL's shuffle.
+
+    Two rounds of two prompts x 4 completions, shuffled and split into two micro-batches each:
+    the Counterfactual's rewards are recomputed here from the decoded completions, its groups
+    checked against the prompts, its lengths against the completion masks.
+    """
+    args = make_config(tmp_path, max_steps=4, steps_per_generation=2, gradient_accumulation_steps=1)
+    ctl = mc.Informativeness(seed=0)
+    feedbacks: list[mc.Counterfactual] = []
+    update = ctl.update
+
+    def recording_update(feedback: Any) -> Any:
+        feedbacks.append(feedback)
+        return update(feedback)
+
+    ctl.update = recording_update
+    trainer = MetaGRPOTrainer(
+        model=model,
+        reward_funcs=digit_reward,
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        controller=ctl,
+    )
+    seen: list[tuple[torch.Tensor, list[str], torch.Tensor]] = []
+    score_virtual = trainer._score_virtual
+
+    def spy(stats: Any, inputs: dict[str, Any], per_token: Any, rewards: Any, groups: Any) -> None:
+        mask = inputs["completion_mask"].bool()
+        texts = [
+            tokenizer.decode(row[keep], skip_special_tokens=True)
+            for row, keep in zip(inputs["completion_ids"], mask, strict=True)
+        ]
+        seen.append((inputs["prompt_ids"].clone(), texts, mask.sum(1)))
+        score_virtual(stats, inputs, per_token, rewards, groups)
+
+    trainer._score_virtual = spy
+    trainer.train()
+    assert len(feedbacks) == 2 and ctl.updates == 2 and len(seen) == 4
+    for fb, batches in zip(feedbacks, (seen[:2], seen[2:]), strict=True):
+        prompts = torch.cat([p for p, _, _ in batches])
+        texts = [t for _, ts, _ in batches for t in ts]
+        lengths = torch.cat([n for _, _, n in batches]).tolist()
+        assert fb.rewards is not None and fb.groups is not None and fb.lengths is not None
+        assert fb.rewards.tolist() == pytest.approx(digit_reward(None, texts), abs=1e-6)
+        assert fb.lengths.tolist() == lengths
+        ids = fb.groups.tolist()
+        assert sorted(ids.count(g) for g in set(ids)) == [4, 4]  # two prompts x 4 completions
+        for i in range(len(ids)):
+            for j in range(len(ids)):
+                same_prompt = torch.equal(prompts[i], prompts[j])
+                assert (ids[i] == ids[j]) == same_prompt, (i, j)
 
 
 def test_resume_restores_controller(tokenizer, tmp_path):
