@@ -472,6 +472,9 @@ class CompareConfig(BaseModel):
             prompts (:func:`~metactl.integrations.lab.testbed.tasks.max_eval_size`).
         trainer: GRPO settings.
         warm_start: warm-start settings.
+        baseline: the controller label the report's verdict compares every controller with
+            (:mod:`~metactl.integrations.lab.paired`); default: the best fixed temperature by
+            mean AUC on the seeds that ran, chosen after the fact.
         random_reward: None (the task's verifier), or a probability in (0, 1): every
             completion's reward is then 1 with that probability, drawn independently of the
             completion (:func:`~metactl.integrations.lab.testbed.tasks.random_reward`), the
@@ -498,6 +501,11 @@ class CompareConfig(BaseModel):
         "drawn at random (seeded by the run's seed) whatever the completion says.",
     )
     controllers: list[ControllerSpec] = Field(min_length=1)
+    baseline: str | None = Field(
+        default=None,
+        description="The label every controller is compared with in the report's verdict "
+        "(default: the best fixed temperature by mean AUC, chosen after the fact).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
@@ -534,6 +542,11 @@ class CompareConfig(BaseModel):
                 f"controllers: labels must be distinct (set `name:`), repeated: {dupes}"
             )
         folder_names(labels)  # each label its own run folder (raises naming the clash)
+        if self.baseline is not None and self.baseline not in labels:
+            raise ValueError(
+                f"baseline: {self.baseline!r} is not a controller label of this config; "
+                f"expected one of {labels}"
+            )
         self.warm_start_config()  # the warm start's own checks (misconception needs a task)
         return self
 

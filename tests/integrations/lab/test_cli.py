@@ -544,7 +544,9 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     _assert_one_line_error(capsys, "--device")
 
 
-def test_reproduce_line_works_from_any_directory(tmp_path: Path, fake_training: FakeCalls) -> None:
+def test_reproduce_line_works_from_any_directory(
+    tmp_path: Path, fake_training: FakeCalls, capsys: pytest.CaptureFixture[str]
+) -> None:
     import os
     import shlex
 
@@ -558,6 +560,11 @@ def test_reproduce_line_works_from_any_directory(tmp_path: Path, fake_training: 
     # The demo trains in worker processes by default: the fake ran there, not real training.
     assert sorted(fake_training.pairs()) == [(0, 0), (1, 0), (2, 0), (3, 0)]
     assert DEMO_WORKERS == 1 or os.getpid() not in fake_training.pids()
+    # The demo's last line is its verdict: every fake run has AUC 0.5, so the baseline is the
+    # first fixed temperature and every difference is 0 (one seed: no interval).
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("verdict (AUC points, paired by seed, minus T=0.6: the best fixed")
+    assert "TAMPO +0.0 (not resolved; 1 seeds)" in last
 
 
 @pytest.mark.parametrize("workers", [None, "1", "2"], ids=["demo-default", "one", "two"])
