@@ -173,7 +173,24 @@ def collect(out: Path) -> dict[str, Any]:
         "temperature": (
             temperature_blocks(runs, int(steps)) if isinstance(steps, int) and steps > 0 else None
         ),
+        "drift": _drifts(out, runs, steps) if config.get("random_reward") is not None else None,
     }
+
+
+def _drifts(out: Path, runs: list[RunRef], steps: Any) -> dict[str, Any]:
+    """On a random-reward control, each learning controller's drift (temperature_course.drift)."""
+    from metactl.integrations.lab.temperature_course import DRIFT_WINDOW, drift, first_decision_mean
+
+    if not isinstance(steps, int) or steps < DRIFT_WINDOW:
+        return {}
+    result: dict[str, Any] = {}
+    for label, spec in _specs(out).items():
+        if spec.kind in ("fixed", "schedule", "piecewise"):
+            continue  # a preset course cannot drift
+        d = drift([r for r in runs if r.label == label], first_decision_mean(spec, steps), steps)
+        if d is not None:
+            result[label] = d
+    return result
 
 
 def _fmt_ci(m: float, ci: list[float] | None, scale: float = 100.0) -> str:
@@ -272,6 +289,30 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
             f"`{verdict_line(v)}`",
             "",
         ]
+    drifts = summary.get("drift")
+    if drifts:
+        from metactl.integrations.lab.temperature_course import DRIFT_MARGIN
+
+        lines += [
+            "## Drift on the random-reward control",
+            "",
+            "Drift of a controller on a seed: its mean sampled temperature over the last rounds "
+            "minus T0, the expected temperature of its first decision (before any feedback). It "
+            f"does not drift if the 95% interval of the mean drift lies inside +-{DRIFT_MARGIN:g}.",
+            "",
+            "| controller | seeds | rounds | T0 | late mean T | drift [95% CI] | drifts? |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, d in drifts.items():
+            ci = d["drift_ci95"]
+            interval = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+            verdict_text = "no" if d["within_margin"] else ("not resolved" if ci is None else "yes")
+            lines.append(
+                f"| {table_cell(label)} | {len(d['seeds'])} | {d['window'][0]}-{d['window'][1]} | "
+                f"{d['t0']:.3f} | {d['late_mean']:.3f} | {d['drift']:+.3f}{interval} | "
+                f"{verdict_text} |"
+            )
+        lines.append("")
     course = summary.get("temperature")
     if course is not None:
         lines += ["## Temperature over training", "", temperature_table(course), ""]

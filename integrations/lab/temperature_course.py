@@ -88,3 +88,57 @@ def temperature_curve(runs: list[RunRef], bin_steps: int = 10) -> tuple[list[flo
     order = sorted(bins)
     centres = [b * bin_steps + (bin_steps + 1) / 2 for b in order]
     return centres, [float(np.mean(bins[b])) for b in order]
+
+
+#: The rounds at the end of a run over which drift is measured.
+DRIFT_WINDOW = 30
+#: A controller does not drift on the random-reward control if the 95% interval of its mean
+#: drift lies inside +-this (temperature units; under one step of the issue-22 grid above 0.6).
+DRIFT_MARGIN = 0.15
+
+
+def first_decision_mean(spec: Any, steps: int, draws: int = 2000) -> float:
+    """T0: the expected temperature of a controller's first decision, before any feedback.
+
+    The mean first ``sample()`` of the controller built from ``spec`` with seeds ``0..draws-1``
+    (the public API only, so it holds for any controller; 2000 draws put the Monte Carlo error
+    of a uniform 0.3-2.0 grid's mean near 0.01).
+    """
+    values = [
+        spec.build(seed=seed, steps=steps, vocab_size=64).sample().value for seed in range(draws)
+    ]
+    return float(np.mean(values))
+
+
+def drift(runs: list[RunRef], t0: float, steps: int) -> dict[str, Any] | None:
+    """Mean sampled temperature over the last :data:`DRIFT_WINDOW` rounds minus ``t0``, per seed.
+
+    Returns:
+        ``{"t0", "seeds", "late_mean", "drift", "drift_ci95", "within_margin"}`` over the
+        finished runs (``within_margin``: the interval lies inside +-:data:`DRIFT_MARGIN`), or
+        None without finished runs that logged the window.
+    """
+    from metactl.integrations.lab.paired import mean_ci95
+
+    first = steps - DRIFT_WINDOW + 1
+    seeds, late = [], []
+    for run in sorted(runs, key=lambda r: r.seed):
+        if run.status != "finished":
+            continue
+        window = [t for step, t in sampled_temperatures(run).items() if first <= step <= steps]
+        if window:
+            seeds.append(run.seed)
+            late.append(float(np.mean(window)))
+    if not late:
+        return None
+    mean, low, high = mean_ci95([x - t0 for x in late])
+    ci = None if low is None or high is None else [low, high]
+    return {
+        "t0": t0,
+        "window": [first, steps],
+        "seeds": seeds,
+        "late_mean": float(np.mean(late)),
+        "drift": mean,
+        "drift_ci95": ci,
+        "within_margin": ci is not None and -DRIFT_MARGIN < ci[0] and ci[1] < DRIFT_MARGIN,
+    }

@@ -241,3 +241,40 @@ def test_figure_bands_stay_in_zero_one_and_pooling_is_said(tmp_path: Path) -> No
     report._plot_preferred(axes[2], runs)
     assert "pooled over 2 controllers" in axes[2].get_title()
     plt.close(fig)
+
+
+def test_drift_on_the_random_reward_control(tmp_path: Path) -> None:
+    """Late mean temperature minus the first decision's expectation, with its interval."""
+    from metactl.integrations.lab.report import write_report
+
+    out = tmp_path / "run"
+    out.mkdir()
+    grid = [0.5, 1.0]
+    config = {
+        "task": "addition", "difficulty": 2, "steps": 40, "random_reward": 0.1,
+        "controllers": [{"kind": "informativeness", "temperatures": grid},
+                        {"kind": "fixed", "temperature": 0.5}],
+    }  # fmt: skip
+    meta = {"config": config, "command": "c", "labels": ["Informativeness", "T=0.5"],
+            "seeds": [0, 1, 2], "expected_runs": 6}  # fmt: skip
+    (out / "config.json").write_text(json.dumps(meta))
+    lates = [1.0, 0.9, 1.1]  # the mean over rounds 11-40 of each seed
+    for seed, late in enumerate(lates):
+        temps = [0.5] * 10 + [late] * 30
+        _run(out, "Informativeness", "Informativeness", seed, "informativeness", 0.5,
+             [[0, 0.4], [40, 0.5]], temps)  # fmt: skip
+        _run(out, "T=0.5", "T0.5", seed, "fixed", 0.5, [[0, 0.4], [40, 0.5]], [0.5] * 40)
+    summary = write_report(out, figure=False)
+    assert list(summary["drift"]) == ["Informativeness"]  # a fixed temperature cannot drift
+    d = summary["drift"]["Informativeness"]
+    # T0: a uniform first decision over {0.5, 1.0} (softmax of zeros, top_p 1): 0.75, up to the
+    # Monte Carlo error of 2000 draws (SD 0.25 / sqrt(2000) = 0.006).
+    assert d["t0"] == pytest.approx(0.75, abs=0.02)
+    assert d["window"] == [11, 40] and d["seeds"] == [0, 1, 2]
+    assert d["drift"] == pytest.approx(1.0 - d["t0"])
+    half = T975_2 * 0.1 / math.sqrt(3)  # SD of 1.0, 0.9, 1.1 is 0.1
+    assert d["drift_ci95"] == pytest.approx([1.0 - d["t0"] - half, 1.0 - d["t0"] + half])
+    assert d["within_margin"] is False
+    text = (out / "report.md").read_text()
+    assert "## Drift on the random-reward control" in text and "| yes |" in text
+    assert "**Random-reward control**: every completion's training reward was 1 with" in text
