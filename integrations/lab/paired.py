@@ -194,23 +194,33 @@ def difference_text(d: Mapping[str, Any]) -> str:
     return f"{_points(d.get('mean'))}{interval}"
 
 
+def _one_line(label: str) -> str:
+    return label.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def verdict_line(v: Mapping[str, Any] | None) -> str:
-    """One line: each controller's paired AUC difference to the baseline, its 95% CI, its MDD."""
+    """One line: each controller's paired AUC difference to the baseline, its 95% CI, its MDD.
+
+    Line breaks in labels are shown as ``\\n``, so that the verdict stays one line.
+    """
     if v is None:
         return "verdict: no finished run"
     if not v["rows"]:
-        return f"verdict: only the baseline {v['baseline']} finished runs; nothing to compare"
+        return (
+            f"verdict: only the baseline {_one_line(v['baseline'])} finished runs; "
+            "nothing to compare"
+        )
     parts = []
     for label, row in v["rows"].items():
         auc = row["auc"]
         mdd = auc.get("minimum_detectable")
         detects = "" if mdd is None else f", detects {_points(mdd, signed=False)}"
         parts.append(
-            f"{label} {difference_text(auc)} ({row['reading']}{detects}; {len(auc['seeds'])} seeds)"
+            f"{_one_line(label)} {difference_text(auc)} "
+            f"({row['reading']}{detects}; {len(auc['seeds'])} seeds)"
         )
-    return f"verdict (AUC points, paired by seed, minus {v['baseline']}: {v['why']}): " + "; ".join(
-        parts
-    )
+    head = f"verdict (AUC points, paired by seed, minus {_one_line(v['baseline'])}: {v['why']}): "
+    return head + "; ".join(parts)
 
 
 def verdict_table(v: Mapping[str, Any], cell: Any = str) -> str:

@@ -10,6 +10,7 @@ each seed weighted equally (a seed that logged fewer steps of the block is not d
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -100,10 +101,17 @@ DRIFT_MARGIN = 0.15
 def first_decision_mean(spec: Any, steps: int, draws: int = 2000) -> float:
     """T0: the expected temperature of a controller's first decision, before any feedback.
 
-    The mean first ``sample()`` of the controller built from ``spec`` with seeds ``0..draws-1``
-    (the public API only, so it holds for any controller; 2000 draws put the Monte Carlo error
-    of a uniform 0.3-2.0 grid's mean near 0.01).
+    The mean first ``sample()`` of the controller built from ``spec`` (a config's controller
+    entry) with seeds ``0..draws-1``: the public API only, so it holds for any controller; 2000
+    draws put the Monte Carlo error of a uniform 0.3-2.0 grid's mean near 0.01. Remembered per
+    entry, since the report is rewritten after every run.
     """
+    return _first_decision_mean(type(spec), spec.model_dump_json(), steps, draws)
+
+
+@functools.lru_cache(maxsize=64)
+def _first_decision_mean(kind: Any, entry: str, steps: int, draws: int) -> float:
+    spec = kind.model_validate_json(entry)
     values = [
         spec.build(seed=seed, steps=steps, vocab_size=64).sample().value for seed in range(draws)
     ]
