@@ -106,12 +106,16 @@ def first_decision_mean(spec: Any, steps: int, draws: int = 2000) -> float:
     draws put the Monte Carlo error of a uniform 0.3-2.0 grid's mean near 0.01. Remembered per
     entry, since the report is rewritten after every run.
     """
-    return _first_decision_mean(type(spec), spec.model_dump_json(), steps, draws)
+    return _first_decision_mean(spec.model_dump_json(), steps, draws)
 
 
 @functools.lru_cache(maxsize=64)
-def _first_decision_mean(kind: Any, entry: str, steps: int, draws: int) -> float:
-    spec = kind.model_validate_json(entry)
+def _first_decision_mean(entry: str, steps: int, draws: int) -> float:
+    from pydantic import TypeAdapter
+
+    from metactl.integrations.lab.config import ControllerSpec
+
+    spec = TypeAdapter(ControllerSpec).validate_json(entry)
     values = [
         spec.build(seed=seed, steps=steps, vocab_size=64).sample().value for seed in range(draws)
     ]
