@@ -17,10 +17,11 @@ optimistic when many schedules are tried.
 ``--chosen-on DEV`` (repeatable) removes that optimism: the best fixed temperature and the best
 schedule are picked by their mean AUC on the development folders ``DEV``, and every controller
 of the (confirmation) folders given, which must not hold development seeds, is measured against
-that fixed temperature on AUC and on final accuracy. Each row then also
-gives the minimum detectable difference: the true paired difference that a two-sided 5% test
-on this many seeds would detect with 80% power, ``(t_0.975 + t_0.80) * sd / sqrt(n)`` with the
-observed standard deviation of the per-seed differences.
+that fixed temperature on AUC and on final accuracy. Each row then also gives the minimum
+detectable difference: the true paired difference that a two-sided 5% test on this many seeds
+would detect with 80% power, ``(t_0.975 + t_0.80) * sd / sqrt(n)`` with the observed standard
+deviation of the per-seed differences. The statistics are ``metactl.integrations.lab.paired``'s,
+the rule of the report's verdict too.
 
     python examples/compare_paired.py runs/misconception-confirm \\
         --chosen-on runs/misconception-dev --chosen-on runs/misconception-screen
@@ -33,10 +34,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats
-
 from metactl.integrations.lab.config import seed_evidence
-from metactl.integrations.lab.report import mean_ci95
+from metactl.integrations.lab.paired import paired_difference
 from metactl.integrations.lab.rundir import list_runs, read_meta
 
 #: The trainer settings that change what a run learns (not where it runs or logs).
@@ -84,29 +83,25 @@ def finished_runs(
     return runs
 
 
+def _metric(by_seed: dict[int, dict[str, float]], metric: str) -> dict[int, float]:
+    return {seed: values[metric] for seed, values in by_seed.items()}
+
+
 def paired(
     by_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]], metric: str
 ) -> tuple[float, list[float] | None]:
     """Mean per-seed difference ``by_seed - base`` of ``metric`` in points, with its 95% CI."""
-    seeds = sorted(set(by_seed) & set(base))
-    mean, low, high = mean_ci95([by_seed[s][metric] - base[s][metric] for s in seeds])
-    interval = None if low is None or high is None else [round(100 * low, 2), round(100 * high, 2)]
-    return round(100 * mean, 2), interval
+    d = paired_difference(_metric(by_seed, metric), _metric(base, metric))
+    interval = None if d.ci95 is None else [round(100 * d.ci95[0], 2), round(100 * d.ci95[1], 2)]
+    return round(100 * d.mean, 2), interval
 
 
 def minimum_detectable(
     by_seed: dict[int, dict[str, float]], base: dict[int, dict[str, float]], metric: str
 ) -> float | None:
     """Points of paired difference a 5% two-sided t-test detects with 80% power on these seeds."""
-    seeds = sorted(set(by_seed) & set(base))
-    if len(seeds) < 3:
-        return None
-    diffs = [by_seed[s][metric] - base[s][metric] for s in seeds]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
-    t_sum = stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.80, n - 1)
-    return round(100 * float(t_sum) * sd / n**0.5, 2)
+    mdd = paired_difference(_metric(by_seed, metric), _metric(base, metric)).minimum_detectable
+    return None if mdd is None else round(100 * mdd, 2)
 
 
 def evidence_of(folder: str) -> set[str]:

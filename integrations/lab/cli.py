@@ -56,6 +56,8 @@ def _fail(message: str) -> int:
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The table, where the report is, and last the verdict line (paired differences, MDD)."""
+    from metactl.integrations.lab.paired import verdict_line
     from metactl.integrations.lab.report import summary_table
 
     print()
@@ -68,6 +70,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(
         f"report: {out / 'report.md'}  figure: {out / 'report.png'}  summary: {out / 'summary.json'}"
     )
+    print(verdict_line(summary.get("verdict")))
 
 
 def _interrupt(signum: int, frame: object) -> None:

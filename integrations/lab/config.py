@@ -10,6 +10,7 @@ only: in Python, :meth:`ControllerSpec.build` returns the controller object::
     seeds: 3
     controllers:
       - kind: tampo            # mc.TAMPO(ema=0.05, top_p=0.7)
+      - kind: informativeness  # mc.Informativeness(ema=0.1, scale=0.02, top_p=1.0, min_ess=0.5)
       - kind: fixed
         temperature: 0.6
       - kind: schedule         # mc.Schedule.linear(0.9, 1.5, steps=<steps>)
@@ -34,6 +35,7 @@ from metactl.controllers import (
     Controller,
     EntropyTarget,
     Fixed,
+    Informativeness,
     MetaGradient,
     Schedule,
     SlidingWindowUCB,
@@ -186,6 +188,31 @@ class TAMPOSpec(_Spec):
             top_p=self.top_p,
             normaliser=self.normaliser,
             warmup_steps=self.warmup_steps,
+            seed=seed,
+        )
+
+
+class InformativenessSpec(_Spec):
+    """``mc.Informativeness`` over a temperature grid (default 0.6..1.5): the temperature at which
+    the most prompt groups have unequal rewards, estimated from the round's own rollouts."""
+
+    kind: Literal["informativeness"]
+    temperatures: list[Temperature] | None = Field(default=None, min_length=2)
+    ema: Real = Field(default=0.1, gt=0, le=1)
+    scale: Real = Field(default=0.02, gt=0, le=1e6)
+    top_p: Real = Field(default=1.0, ge=0, le=1)
+    min_ess: Real = Field(default=0.5, gt=0, le=1)
+
+    def default_name(self) -> str:
+        return "Informativeness"
+
+    def build(self, *, seed: int, steps: int, vocab_size: int) -> Controller:
+        return Informativeness(
+            _grid(self.temperatures),
+            ema=self.ema,
+            scale=self.scale,
+            top_p=self.top_p,
+            min_ess=self.min_ess,
             seed=seed,
         )
 
@@ -359,6 +386,7 @@ class FixedSpec(_Spec):
 
 ControllerSpec = Annotated[
     TAMPOSpec
+    | InformativenessSpec
     | MetaGradientSpec
     | SlidingWindowUCBSpec
     | ScheduleSpec
@@ -371,6 +399,7 @@ ControllerSpec = Annotated[
 
 CONTROLLER_KINDS: tuple[str, ...] = (
     "tampo",
+    "informativeness",
     "meta_gradient",
     "sliding_window_ucb",
     "schedule",
@@ -450,6 +479,13 @@ class CompareConfig(BaseModel):
             prompts (:func:`~metactl.integrations.lab.testbed.tasks.max_eval_size`).
         trainer: GRPO settings.
         warm_start: warm-start settings.
+        baseline: the controller label the report's verdict compares every controller with
+            (:mod:`~metactl.integrations.lab.paired`); default: the best fixed temperature by
+            mean AUC on the seeds that ran, chosen after the fact.
+        random_reward: None (the task's verifier), or a probability in (0, 1): every
+            completion's reward is then 1 with that probability, drawn independently of the
+            completion (:func:`~metactl.integrations.lab.testbed.tasks.random_reward`), the
+            negative control on which no temperature helps.
         controllers: the controllers to compare (distinct labels).
     """
 
@@ -464,7 +500,19 @@ class CompareConfig(BaseModel):
     eval_size: Int = Field(default=200, ge=1, le=MAX_EVAL_SIZE)
     trainer: TrainerSettings = TrainerSettings()
     warm_start: WarmStartSettings = WarmStartSettings()
+    random_reward: Real | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="A control: every completion's reward is 1 with this probability, else 0, "
+        "drawn at random (seeded by the run's seed) whatever the completion says.",
+    )
     controllers: list[ControllerSpec] = Field(min_length=1)
+    baseline: str | None = Field(
+        default=None,
+        description="The label every controller is compared with in the report's verdict "
+        "(default: the best fixed temperature by mean AUC, chosen after the fact).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CompareConfig:
@@ -501,6 +549,11 @@ class CompareConfig(BaseModel):
                 f"controllers: labels must be distinct (set `name:`), repeated: {dupes}"
             )
         folder_names(labels)  # each label its own run folder (raises naming the clash)
+        if self.baseline is not None and self.baseline not in labels:
+            raise ValueError(
+                f"baseline: {self.baseline!r} is not a controller label of this config; "
+                f"expected one of {labels}"
+            )
         self.warm_start_config()  # the warm start's own checks (misconception needs a task)
         return self
 

@@ -12,7 +12,6 @@ use that answer.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metactl.integrations.lab.paired import mean_ci95, verdict, verdict_line, verdict_table
 from metactl.integrations.lab.rundir import (
     PREFERRED_BOUNDS,
     REPORT_MD,
@@ -37,35 +37,12 @@ from metactl.integrations.lab.rundir import (
     read_rollouts,
     shown,
 )
+from metactl.integrations.lab.temperature_course import temperature_blocks, temperature_curve
 from metactl.metric_keys import MEAN, SIGMA, TEMPERATURE, meta_key, prob_key
 from metactl.spaces import Box
 
 if TYPE_CHECKING:
     from metactl.integrations.lab.config import ControllerSpec
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean and two-sided 95% Student-t confidence interval ``(mean, low, high)``.
-
-    With one value there is no interval (no spread can be estimated): ``low`` and ``high`` are
-    None. With none, the mean is NaN.
-    """
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return (math.nan, None, None)
-    m = float(arr.mean())
-    if arr.size == 1:
-        return (m, None, None)
-    half = float(_t975(arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
-    return (m, m - half, m + half)
-
-
-@functools.lru_cache(maxsize=64)
-def _t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (one per seed count)."""
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, df))
 
 
 def _interval(low: float | None, high: float | None) -> list[float] | None:
@@ -175,6 +152,8 @@ def collect(out: Path) -> dict[str, Any]:
     expected = len(runs) if expected_runs(meta) else meta.get("expected_runs")
     n_done = sum(len(v) for v in finished.values())
     config = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
+    named = config.get("baseline")
+    steps = config.get("steps")
     return {
         "task": config.get("task"),
         "difficulty": config.get("difficulty"),
@@ -190,7 +169,30 @@ def collect(out: Path) -> dict[str, Any]:
         "incomplete": incomplete,
         "missing": missing,
         "controllers": controllers,
+        "random_reward": config.get("random_reward"),
+        # Each controller against one baseline, paired by seed (metactl.integrations.lab.paired).
+        "verdict": verdict(controllers, named if isinstance(named, str) else None),
+        "temperature": (
+            temperature_blocks(runs, int(steps)) if isinstance(steps, int) and steps > 0 else None
+        ),
+        "drift": _drifts(out, runs, steps) if config.get("random_reward") is not None else None,
     }
+
+
+def _drifts(out: Path, runs: list[RunRef], steps: Any) -> dict[str, Any]:
+    """On a random-reward control, each learning controller's drift (temperature_course.drift)."""
+    from metactl.integrations.lab.temperature_course import DRIFT_WINDOW, drift, first_decision_mean
+
+    if not isinstance(steps, int) or steps < DRIFT_WINDOW:
+        return {}
+    result: dict[str, Any] = {}
+    for label, spec in _specs(out).items():
+        if spec.kind in ("fixed", "schedule", "piecewise"):
+            continue  # a preset course cannot drift
+        d = drift([r for r in runs if r.label == label], first_decision_mean(spec, steps), steps)
+        if d is not None:
+            result[label] = d
+    return result
 
 
 def _fmt_ci(m: float, ci: list[float] | None, scale: float = 100.0) -> str:
@@ -237,6 +239,19 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def temperature_table(course: dict[str, Any]) -> str:
+    """Mean sampled temperature per block of steps, one row per controller (Markdown)."""
+    heads = [f"{first}-{last}" for first, last in course["blocks"]]
+    rows = [
+        "| controller | " + " | ".join(f"steps {h}" for h in heads) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    for label, means in course["controllers"].items():
+        cells = ["n/a" if m is None else f"{m:.2f}" for m in means]
+        rows.append(f"| {table_cell(label)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def report_markdown(summary: dict[str, Any], figure: bool) -> str:
     """The ``report.md`` text: table, completeness, command and versions."""
     lines = [
@@ -249,9 +264,59 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         "",
         evidence_line(summary),
         "",
-        summary_table(summary),
-        "",
     ]
+    if summary.get("random_reward") is not None:
+        lines += [
+            f"**Random-reward control**: every completion's training reward was 1 with probability "
+            f"{summary['random_reward']:g}, else 0, drawn independently of the completion; the "
+            "held-out accuracy is still scored against the right answers.",
+            "",
+        ]
+    lines += [summary_table(summary), ""]
+    v = summary.get("verdict")
+    if v is not None:
+        lines += [
+            "## Verdict",
+            "",
+            f"Baseline: **{table_cell(v['baseline'])}** ({v['why']}). Each controller minus the "
+            "baseline, in accuracy points, paired by seed on the seeds both finished: the mean "
+            "difference with its 95% Student-t interval, and the minimum detectable difference "
+            "(the true difference a two-sided 5% test on these seeds detects with 80% power; "
+            "an interval holding 0 rules out only differences larger than about this). Reading "
+            "on AUC: better / worse when the interval excludes 0, else not resolved.",
+            "",
+            verdict_table(v, table_cell) if v["rows"] else "(only the baseline finished runs)",
+            "",
+            f"`{verdict_line(v)}`",
+            "",
+        ]
+    drifts = summary.get("drift")
+    if drifts:
+        from metactl.integrations.lab.temperature_course import DRIFT_MARGIN
+
+        lines += [
+            "## Drift on the random-reward control",
+            "",
+            "Drift of a controller on a seed: its mean sampled temperature over the last rounds "
+            "minus T0, the expected temperature of its first decision (before any feedback). It "
+            f"does not drift if the 95% interval of the mean drift lies inside +-{DRIFT_MARGIN:g}.",
+            "",
+            "| controller | seeds | rounds | T0 | late mean T | drift [95% CI] | drifts? |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, d in drifts.items():
+            ci = d["drift_ci95"]
+            interval = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+            verdict_text = "no" if d["within_margin"] else ("not resolved" if ci is None else "yes")
+            lines.append(
+                f"| {table_cell(label)} | {len(d['seeds'])} | {d['window'][0]}-{d['window'][1]} | "
+                f"{d['t0']:.3f} | {d['late_mean']:.3f} | {d['drift']:+.3f}{interval} | "
+                f"{verdict_text} |"
+            )
+        lines.append("")
+    course = summary.get("temperature")
+    if course is not None:
+        lines += ["## Temperature over training", "", temperature_table(course), ""]
     if not summary["complete"]:
         lines += [
             f"**Incomplete run**: {summary['finished_runs']} of {summary.get('expected_runs')} "
@@ -443,11 +508,11 @@ def _plot_curves(
                 for s, (_, low, high) in zip(steps, stats, strict=True)
                 if low is not None and high is not None
             ]
-            if band:
+            if band:  # an accuracy lies in [0, 1]: so does its band (the t interval may not)
                 ax.fill_between(
                     [b[0] for b in band],
-                    [b[1] * 100 for b in band],
-                    [b[2] * 100 for b in band],
+                    [max(0.0, b[1]) * 100 for b in band],
+                    [min(1.0, b[2]) * 100 for b in band],
                     color=color,
                     alpha=0.15,
                 )
@@ -535,6 +600,26 @@ def _plot_meta_policy(
     ax.legend(fontsize=8, loc="upper right")
 
 
+def _plot_temperatures(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> None:
+    """Every controller's mean sampled temperature over training (10-step bins, over seeds)."""
+    drew = False
+    for label in summary["labels"]:
+        centres, means = temperature_curve([r for r in runs if r.label == label])
+        if centres:
+            n = len((summary["controllers"].get(label) or {}).get("seeds", []))
+            ax.plot(centres, means, marker=".", ms=3, lw=1.3, label=f"{label} (n={n})")
+            drew = True
+    if not drew:
+        ax.text(0.5, 0.5, "no temperature logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("sampled temperature")
+    ax.set_title("Temperature over training (mean over finished seeds, 10-step bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _plot_preferred(ax: Any, runs: list[RunRef]) -> None:
     pref = _preferred(runs)
     lo, hi = PREFERRED_BOUNDS
@@ -559,14 +644,21 @@ def _plot_preferred(ax: Any, runs: list[RunRef]) -> None:
         ax.legend(fontsize=8, title=at_bounds, title_fontsize=7)
     elif pref["at_low"] or pref["at_high"]:
         ax.text(0.5, 0.5, at_bounds, ha="center", va="center", transform=ax.transAxes, fontsize=8)
-    ax.set_title("Preferred temperature of probe rollouts (paper Fig. 4)")
+    labels = sorted({run.label for run in runs})
+    pooled = (
+        f"pooled over {len(labels)} controllers" if len(labels) > 1 else labels[0] if labels else ""
+    )
+    ax.set_title(f"Preferred temperature of probe rollouts (paper Fig. 4)\n{pooled}, every seed")
 
 
 def plot_report(out: Path, summary: dict[str, Any]) -> Path:
-    """Write ``report.png``: accuracy curves, the meta-policy, and the paper's Figure 4.
+    """Write ``report.png``: accuracy curves, every controller's temperature over training, the
+    meta-policy, and the paper's Figure 4.
 
     Learning curves are the mean over finished seeds with a 95% band where two or more seeds
-    exist; unfinished runs are dashed and labelled. The meta-policy is the first TAMPO run's
+    exist, clipped to [0, 100]%; unfinished runs are dashed and labelled. The temperature panel
+    shows each controller's mean sampled temperature in 10-step bins. Figure 4 pools the probe
+    rollouts of every controller and seed, and its title says so. The meta-policy is the first TAMPO run's
     (else the first run that logged one): a heatmap with a colour bar for a Discrete policy,
     the median with a one-sigma band for a continuous (Box) one. Preferred temperatures at the
     search bounds are counted in the legend rather than drawn.
@@ -585,10 +677,12 @@ def plot_report(out: Path, summary: dict[str, Any]) -> Path:
 
     runs = check_files(out)
     specs = _specs(out)
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    fig, grid = plt.subplots(2, 2, figsize=(16, 9.6))
+    axes = grid.ravel()
     _plot_curves(axes[0], summary, runs, specs)
-    _plot_meta_policy(fig, axes[1], summary, runs, specs)
-    _plot_preferred(axes[2], [r for r in runs if r.status != "missing"])
+    _plot_temperatures(axes[1], summary, runs)
+    _plot_meta_policy(fig, axes[2], summary, runs, specs)
+    _plot_preferred(axes[3], [r for r in runs if r.status != "missing"])
     fig.tight_layout()
     path = out / REPORT_PNG
     buffer = io.BytesIO()

@@ -54,7 +54,7 @@ from metactl.integrations.lab.rundir import (
     write_result,
 )
 from metactl.integrations.lab.scheduling import run_parallel
-from metactl.integrations.lab.testbed.tasks import make_task
+from metactl.integrations.lab.testbed.tasks import make_task, random_reward
 from metactl.integrations.lab.testbed.warmstart import evaluate, warm_start
 
 
@@ -107,7 +107,11 @@ def run_one(
     append_jsonl(run_dir / METRICS_FILE, {"step": 0, "eval/accuracy": acc0})
     trainer = MetaGRPOTrainer(
         model=model,
-        reward_funcs=task.reward_func,
+        reward_funcs=(
+            task.reward_func
+            if cfg.random_reward is None
+            else random_reward(cfg.random_reward, seed)
+        ),
         args=args,
         train_dataset=task.train,
         processing_class=tok,
@@ -335,8 +339,15 @@ def _compare_locked(
                 )
                 finished(i, s, res)
         else:
+            # This module's run_one as it is now, so that a replacement reaches the workers.
             run_parallel(
-                cfg, out_p, jobs, device=device, workers=workers, on_done=finished_in_worker
+                cfg,
+                out_p,
+                jobs,
+                device=device,
+                workers=workers,
+                on_done=finished_in_worker,
+                train=run_one,
             )
     except KeyboardInterrupt:
         if bar is not None:

@@ -49,24 +49,29 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+TrainFn = Callable[..., dict[str, Any]]
+"""``runner.run_one``'s signature: ``(cfg, index, seed, run_dir, *, device) -> result``."""
+
+
 def run_in_worker(
-    cfg_data: dict[str, Any], index: int, seed: int, run_dir: str, device: Device
+    train: TrainFn, cfg_data: dict[str, Any], index: int, seed: int, run_dir: str, device: Device
 ) -> dict[str, Any]:
-    """One run in a worker process (spawned: a fresh interpreter, one torch thread)."""
+    """One run in a worker process (spawned: a fresh interpreter, one torch thread).
+
+    ``train`` arrives pickled by reference (its module and name): the function the job was
+    given, so a replacement of ``runner.run_one`` (a test's fake) trains in the workers too.
+    """
     import warnings
 
     import torch
     import transformers
-
-    # Imported here: the runner imports this module to schedule its runs.
-    from metactl.integrations.lab.runner import run_one
 
     # Workers run side by side on the CPU cores: one thread each avoids oversubscription.
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
     transformers.utils.logging.disable_progress_bar()
     cfg = CompareConfig.model_validate(cfg_data)
-    return run_one(cfg, index, seed, Path(run_dir), device=device)
+    return train(cfg, index, seed, Path(run_dir), device=device)
 
 
 def run_parallel(
@@ -77,6 +82,7 @@ def run_parallel(
     device: Device,
     workers: int,
     on_done: Callable[[int, int, dict[str, Any]], None],
+    train: TrainFn,
 ) -> None:
     """Train ``jobs`` in ``workers`` spawned processes, calling ``on_done`` as each finishes.
 
@@ -87,6 +93,8 @@ def run_parallel(
         device: where the runs train.
         workers: processes at once.
         on_done: called in this process with each finished run's result.
+        train: trains one run (``runner.run_one``); a module-level function, since the
+            workers receive it pickled by reference.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -104,7 +112,7 @@ def run_parallel(
     ) as pool:
         pending: dict[Future[dict[str, Any]], tuple[int, int]] = {
             pool.submit(
-                run_in_worker, cfg_data, i, s, str(run_dir_for(out, labels[i], s)), device
+                run_in_worker, train, cfg_data, i, s, str(run_dir_for(out, labels[i], s)), device
             ): (i, s)
             for i, s in jobs
         }

@@ -132,6 +132,38 @@ class Task:
         return self.reward_func(prompts=ds["prompt"], completions=list(completions), **columns)
 
 
+#: Mixed into a run's seed for the random-reward stream, so that it never shares draws with the
+#: data order or the sampling of the same seed.
+RANDOM_REWARD_STREAM = 0x52414E44
+
+
+def random_reward(rate: float, seed: int) -> RewardFunc:
+    """A TRL reward function that ignores the completion: r_i ~ Bernoulli(rate), i.i.d.
+
+    A negative control: no temperature can raise its expected reward (``rate`` at every
+    temperature), so a controller that moves on it has followed noise or its own bias. The draws
+    come from a private ``np.random.default_rng((seed, RANDOM_REWARD_STREAM))``, one per
+    completion in the order TRL asks, so a run is reproduced by its seed.
+
+    Args:
+        rate: the probability of reward 1, in (0, 1).
+        seed: the run's seed.
+
+    Raises:
+        ValueError: ``rate`` is not in (0, 1), or ``seed`` is negative.
+    """
+    if isinstance(rate, bool) or not 0.0 < float(rate) < 1.0:
+        raise ValueError(f"random_reward(rate): must be in (0, 1), got {rate!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"random_reward(seed): must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng((seed, RANDOM_REWARD_STREAM))
+
+    def random_reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+        return [float(x) for x in rng.random(len(completions)) < rate]
+
+    return random_reward
+
+
 def _is_eval(prompt: str) -> bool:
     """Stable 1-in-5 split by prompt hash: True for held-out evaluation prompts."""
     return zlib.crc32(prompt.encode()) % 5 == 0

@@ -7,14 +7,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from lab_fakes import (  # tests/integrations/lab, on the path of the tests and their workers
+    CALLS_ENV,
+    FakeCalls,
+    FakeTrainingCalled,
+    fake_run_one,
+    raising_run_one,
+)
+from lab_fakes import write_fake_run as _fake_run
 
 import metactl as mc
-from metactl.integrations.lab.cli import build_parser, main
+from metactl.integrations.lab.cli import DEMO_WORKERS, build_parser, main
 from metactl.integrations.lab.config import (
     CONTROLLER_KINDS,
     CompareConfig,
@@ -53,6 +61,7 @@ def test_every_controller_kind_builds_the_documented_object() -> None:
             {"kind": "entropy_target"},
             {"kind": "fixed", "temperature": 0.6},
             {"kind": "piecewise", "boundaries": [75], "values": [1.0, 0.6]},
+            {"kind": "informativeness", "temperatures": [0.3, 1.0, 2.0], "scale": 0.05},
         )
     )
     built = [c.build(seed=0, steps=cfg.steps, vocab_size=50) for c in cfg.controllers]
@@ -66,7 +75,10 @@ def test_every_controller_kind_builds_the_documented_object() -> None:
         mc.EntropyTarget,
         mc.Fixed,
         mc.Schedule,
+        mc.Informativeness,
     ]
+    assert list(built[8].space.values) == [0.3, 1.0, 2.0] and built[8].scale == 0.05
+    assert cfg.controllers[8].label() == "Informativeness"
     assert isinstance(built[2].space, mc.Box) and built[2].space.log
     assert [built[7].value_at(s) for s in (0, 74, 75, 149)] == [1.0, 1.0, 0.6, 0.6]
     assert cfg.controllers[7].label() == "piecewise 1@0 -> 0.6@75"
@@ -184,54 +196,6 @@ def test_mean_ci95() -> None:
     assert lo == pytest.approx(0.6 - 4.302653 * 0.1 / 3**0.5, rel=1e-5)
     assert hi == pytest.approx(2 * 0.6 - lo)
     assert mean_ci95([0.4]) == (0.4, None, None)  # one seed: no interval, not a zero-width one
-
-
-def _fake_run(
-    out: Path, label: str, slug: str, seed: int, *, finished: bool, kind: str, steps: int = 20
-) -> None:
-    rd = out / "runs" / slug / f"seed{seed}"
-    rd.mkdir(parents=True)
-    lines = [{"step": 0, "eval/accuracy": 0.4}]
-    for s in range(1, 21):
-        rec: dict[str, Any] = {"step": s, "meta/temperature": 0.6 + 0.1 * (s % 3)}
-        if kind == "tampo":
-            rec.update({f"meta/prob/{t:g}": 1 / 3 for t in (0.6, 0.7, 0.8)})
-        if kind == "meta_gradient":  # a Box policy logs its median and sigma
-            rec.update({"meta/mean": 0.9 + 0.01 * s, "meta/sigma": 1.0 / s})
-        lines.append(rec)
-        if s % 10 == 0:
-            lines.append({"step": s, "eval/accuracy": 0.4 + 0.01 * s + 0.01 * seed})
-    text = "\n".join(json.dumps(x) for x in lines) + "\n"
-    if not finished:
-        text += '{"step": 21, "meta/tempera'  # torn line of a killed process
-    (rd / "metrics.jsonl").write_text(text)
-    (rd / "rollouts.jsonl").write_text(
-        json.dumps(
-            {
-                "step": 10,
-                "advantage": [1.0, -0.5, -0.5, 1.0, -0.5],
-                "preferred": [0.7, 1.2, 1.4, 0.05, 10.0],  # two at the search bounds
-            }
-        )
-        + "\n"
-    )
-    if finished:
-        curve = [[0, 0.4], [10, 0.5 + 0.01 * seed], [steps, 0.6 + 0.01 * seed]]
-        (rd / "result.json").write_text(
-            json.dumps(
-                {
-                    "controller": label,
-                    "kind": kind,
-                    "seed": seed,
-                    "steps": steps,
-                    "initial_accuracy": 0.4,
-                    "final_accuracy": 0.6 + 0.01 * seed,
-                    "auc": 0.5,
-                    "curve": curve,
-                    "wall_time_s": 3.0,
-                }
-            )
-        )
 
 
 def _interrupted_folder(out: Path) -> None:
@@ -441,43 +405,34 @@ def _config_file(tmp_path: Path, *controllers: dict[str, Any], **top: Any) -> Pa
     return path
 
 
-@pytest.fixture
-def fake_training(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """``runner.run_one`` writes a finished fake run instead of training; no warm start.
-
-    Returns the (controller index, seed) of every run it was asked for.
-    """
-    import shutil
-
+def _use_fake(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: Callable[..., Any]
+) -> FakeCalls:
+    """Replace ``runner.run_one`` with ``fake`` here and in the job's worker processes."""
     from metactl.integrations.lab import runner
 
-    calls: list[tuple[int, int]] = []
-
-    def fake_run_one(cfg: CompareConfig, index: int, seed: int, run_dir: Path, **kw: Any) -> Any:
-        calls.append((index, seed))
-        shutil.rmtree(run_dir, ignore_errors=True)
-        spec = cfg.controllers[index]
-        _fake_run(
-            run_dir.parents[2],
-            spec.label(),
-            run_dir.parent.name,
-            seed,
-            finished=True,
-            kind=spec.kind,
-            steps=cfg.steps,
-        )
-        return json.loads((run_dir / "result.json").read_text())
-
-    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    calls = FakeCalls(tmp_path / "fake-calls.txt")
+    monkeypatch.setenv(CALLS_ENV, str(calls.path))  # the workers inherit the environment
+    monkeypatch.setattr(runner, "run_one", fake)
     monkeypatch.setattr(runner, "warm_start", lambda *a, **k: None)
     return calls
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeCalls:
+    """``runner.run_one`` writes a finished fake run instead of training; no warm start.
+
+    The fake reaches the worker processes of ``metactl demo`` (two by default) and
+    ``--workers N``. Returns the (controller index, seed) of every run it was asked for.
+    """
+    return _use_fake(monkeypatch, tmp_path, fake_run_one)
 
 
 TWO_FIXED = ({"kind": "fixed", "temperature": 0.6}, {"kind": "fixed", "temperature": 1.0})
 
 
 def test_reusing_out_without_resume_is_refused(
-    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_training: FakeCalls, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config_file(tmp_path, *TWO_FIXED)
     out = tmp_path / "out"
@@ -532,7 +487,7 @@ def test_every_label_gets_its_own_folder() -> None:
 
 
 def test_resume_with_a_changed_config_is_refused(
-    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_training: FakeCalls, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config_file(tmp_path, *TWO_FIXED)
     out = tmp_path / "out"
@@ -590,7 +545,7 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_reproduce_line_works_from_any_directory(
-    tmp_path: Path, fake_training: list[tuple[int, int]]
+    tmp_path: Path, fake_training: FakeCalls, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import os
     import shlex
@@ -602,6 +557,32 @@ def test_reproduce_line_works_from_any_directory(
         f"cd {shlex.quote(os.getcwd())} && metactl demo --quick --steps 20 --out {out} --no-plot"
     )
     assert command in (out / "report.md").read_text()
+    # The demo trains in worker processes by default: the fake ran there, not real training.
+    assert sorted(fake_training.pairs()) == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert DEMO_WORKERS == 1 or os.getpid() not in fake_training.pids()
+    # The demo's last line is its verdict: every fake run has AUC 0.5, so the baseline is the
+    # first fixed temperature and every difference is 0 (one seed: no interval).
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("verdict (AUC points, paired by seed, minus T=0.6: the best fixed")
+    assert "TAMPO +0.0 (not resolved; 1 seeds)" in last
+
+
+@pytest.mark.parametrize("workers", [None, "1", "2"], ids=["demo-default", "one", "two"])
+def test_a_fake_set_to_raise_is_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str | None
+) -> None:
+    """The positive control of the fakes: a fake that raises makes the command raise.
+
+    Tests that fake training (and those that expect no training at all) are only as good as
+    the fake's reach: it must replace training in the worker processes too.
+    """
+    calls = _use_fake(monkeypatch, tmp_path, raising_run_one)
+    argv = ["demo", "--quick", "--steps", "2", "--out", str(tmp_path / "out"), "--no-plot"]
+    with pytest.raises(FakeTrainingCalled, match="fake training called"):
+        main(argv if workers is None else [*argv, "--workers", workers])
+    assert len(calls) >= 1
+    in_workers = (DEMO_WORKERS if workers is None else int(workers)) > 1
+    assert (os.getpid() not in calls.pids()) if in_workers else calls.pids() == {os.getpid()}
 
 
 def test_summary_table_and_figure_agree_on_an_incomplete_folder(tmp_path: Path) -> None:
@@ -629,7 +610,7 @@ def test_summary_table_and_figure_agree_on_an_incomplete_folder(tmp_path: Path) 
 
 
 def test_progress_is_a_line_per_run_when_output_is_not_a_terminal(
-    tmp_path: Path, fake_training: list[tuple[int, int]], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fake_training: FakeCalls, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from metactl.integrations.lab import runner
 
@@ -644,10 +625,9 @@ def test_progress_is_a_line_per_run_when_output_is_not_a_terminal(
 def test_progress_in_a_subprocess_with_redirected_output(tmp_path: Path) -> None:
     """The real command with stdout/stderr to pipes (a log): no carriage returns."""
     out = tmp_path / "out"
-    code = (
-        "import sys, json\n"
-        "from metactl.integrations.lab import runner\n"
-        "from metactl.integrations.lab.cli import main\n"
+    # The fake lives in a module (the demo's workers import it by name), not in the -c script.
+    (tmp_path / "subprocess_fake.py").write_text(
+        "import json\n"
         "def fake(cfg, index, seed, run_dir, **kw):\n"
         "    run_dir.mkdir(parents=True)\n"
         "    res = {'controller': cfg.controllers[index].label(), 'kind': 'fixed', 'seed': seed,\n"
@@ -656,14 +636,21 @@ def test_progress_in_a_subprocess_with_redirected_output(tmp_path: Path) -> None
         "           'curve': [[0, 0.1], [2, 0.2]], 'wall_time_s': 1.0}\n"
         "    (run_dir / 'result.json').write_text(json.dumps(res))\n"
         "    return res\n"
-        "runner.run_one = fake\n"
+    )
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import subprocess_fake\n"
+        "from metactl.integrations.lab import runner\n"
+        "from metactl.integrations.lab.cli import main\n"
+        "runner.run_one = subprocess_fake.fake\n"
         "runner.warm_start = lambda *a, **k: None\n"
         f"sys.exit(main(['demo', '--quick', '--steps', '2', '--no-plot', '--out', {str(out)!r}]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout + proc.stderr
-    assert proc.stdout.count("held-out accuracy") == 4
+    assert proc.stdout.count("held-out accuracy 10.0% -> 20.0%") == 4  # the fake's, not training
 
 
 # --- figure ----------------------------------------------------------------------------------------

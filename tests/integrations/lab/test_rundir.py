@@ -612,11 +612,26 @@ def test_a_label_with_a_pipe_or_a_newline_keeps_the_report_table_whole(
     controllers = [{**TWO_FIXED[0], "name": "a|b"}, {**TWO_FIXED[1], "name": "two\nlines"}]
     config, out = _config(tmp_path, controllers=controllers), tmp_path / "out"
     assert main(["compare", str(config), "--out", str(out), "--no-plot"]) == 0
-    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("|")]
+    text = (out / "report.md").read_text()
+    tables: list[list[str]] = [[]]  # runs of consecutive table lines
+    for line in text.splitlines():
+        if line.startswith("|"):
+            tables[-1].append(line)
+        elif tables[-1]:
+            tables.append([])
+    tables = [t for t in tables if t]
+    table = tables[0]  # the summary
     assert len(table) == 4  # header, rule, two rows
     cells = [line.replace("\\|", "").count("|") for line in table]
     assert cells == [7, 7, 7, 7]
     assert table[2].startswith("| a\\|b |") and table[3].startswith("| two\\nlines |")
+    # The verdict and temperature tables stay whole too, and so does the verdict line.
+    assert len(tables) == 3
+    for other in tables[1:]:
+        assert len({line.replace("\\|", "").count("|") for line in other}) == 1
+    assert "| two\\nlines |" in tables[1][2] or "| two\\nlines |" in tables[2][3]
+    verdict = [line for line in text.splitlines() if line.startswith("`verdict")]
+    assert len(verdict) == 1 and "two\\nlines" in verdict[0]
 
 
 def test_resume_removes_temporaries_of_a_killed_write(
