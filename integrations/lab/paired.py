@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from metactl.integrations.lab.rundir import shown
+
 #: The fewest paired seeds with a minimum detectable difference (two leave one degree of freedom,
 #: whose t quantiles make the figure meaningless).
 MIN_SEEDS_FOR_MDD = 3
@@ -201,21 +203,17 @@ def difference_text(d: Mapping[str, Any]) -> str:
     return f"{_points(d.get('mean'))}{interval}"
 
 
-def _one_line(label: str) -> str:
-    return label.replace("\r", "\\r").replace("\n", "\\n")
-
-
 def verdict_line(v: Mapping[str, Any] | None) -> str:
     """One line: each controller's paired AUC difference to the baseline, its 95% CI, its MDD.
 
-    Line breaks in labels are shown as ``\\n``, so that the verdict stays one line.
+    Labels are shown escaped (:func:`~metactl.integrations.lab.rundir.shown`): no line break or
+    terminal control character of a label reaches the line.
     """
     if v is None:
         return "verdict: no finished run"
     if not v["rows"]:
         return (
-            f"verdict: only the baseline {_one_line(v['baseline'])} finished runs; "
-            "nothing to compare"
+            f"verdict: only the baseline {shown(v['baseline'])} finished runs; nothing to compare"
         )
     parts = []
     for label, row in v["rows"].items():
@@ -223,10 +221,10 @@ def verdict_line(v: Mapping[str, Any] | None) -> str:
         mdd = auc.get("minimum_detectable")
         detects = "" if mdd is None else f", detects {_points(mdd, signed=False)}"
         parts.append(
-            f"{_one_line(label)} {difference_text(auc)} "
+            f"{shown(label)} {difference_text(auc)} "
             f"({row['reading']}{detects}; {len(auc['seeds'])} seeds)"
         )
-    head = f"verdict (AUC points, paired by seed, minus {_one_line(v['baseline'])}: {v['why']}): "
+    head = f"verdict (AUC points, paired by seed, minus {shown(v['baseline'])}: {v['why']}): "
     return head + "; ".join(parts)
 
 
