@@ -38,7 +38,14 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 import metactl as mc
 from metactl.controllers.base import preferred_feedback
-from metactl.feedback import Counterfactual, Decision, EntropyObservation, Feedback, Outcome, Outcomes
+from metactl.feedback import (
+    Counterfactual,
+    Decision,
+    EntropyObservation,
+    Feedback,
+    Outcome,
+    Outcomes,
+)
 from metactl.metric_keys import TEMPERATURE, meta_key
 from metactl.temperature import check_temperature, check_temperature_controller
 
@@ -176,8 +183,8 @@ class MetaTemperatureCallback(BaseCallback):
             if kind is Outcome:
                 return Outcome(decision, reward)
             return Outcomes((decision,), np.array([reward]))
+        assert isinstance(self.model, OnPolicyAlgorithm)  # checked when learn started
         buffer = self.model.rollout_buffer
-        assert isinstance(buffer, RolloutBuffer | DictRolloutBuffer)
         params = self._action_params(buffer)
         policy = self.policy
         gaussian = isinstance(policy.action_dist, DiagGaussianDistribution)

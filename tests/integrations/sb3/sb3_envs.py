@@ -12,7 +12,7 @@ from scipy import special, stats
 
 pytest.importorskip("stable_baselines3")
 
-import metactl as mc  # noqa: E402
+import metactl as mc
 
 ACTION_SPACES: dict[str, spaces.Space[Any]] = {
     "Discrete": spaces.Discrete(3),
@@ -84,13 +84,19 @@ def mlp_action_params(state: dict[str, Any], obs: np.ndarray) -> np.ndarray:
     def w(name: str) -> np.ndarray:
         return state[name].detach().double().numpy()
 
-    h = np.tanh(obs @ w("mlp_extractor.policy_net.0.weight").T + w("mlp_extractor.policy_net.0.bias"))
+    h = np.tanh(
+        obs @ w("mlp_extractor.policy_net.0.weight").T + w("mlp_extractor.policy_net.0.bias")
+    )
     h = np.tanh(h @ w("mlp_extractor.policy_net.2.weight").T + w("mlp_extractor.policy_net.2.bias"))
     return h @ w("action_net.weight").T + w("action_net.bias")
 
 
 def reference_log_prob(
-    space: spaces.Space[Any], params: np.ndarray, log_std: np.ndarray | None, actions: np.ndarray, t: float
+    space: spaces.Space[Any],
+    params: np.ndarray,
+    log_std: np.ndarray | None,
+    actions: np.ndarray,
+    t: float,
 ) -> np.ndarray:
     """``[N]`` float64 ``log pi_T(a | s)``, from the equations of each action type."""
     if isinstance(space, spaces.Box):
@@ -113,7 +119,9 @@ def reference_entropy(
     """``[N]`` float64 entropy (nats) of ``pi_T(. | s)`` from the equations."""
     if isinstance(space, spaces.Box):
         assert log_std is not None
-        return np.full(params.shape[0], np.sum(0.5 * np.log(2 * np.pi * np.e * (np.exp(log_std) * t) ** 2)))
+        return np.full(
+            params.shape[0], np.sum(0.5 * np.log(2 * np.pi * np.e * (np.exp(log_std) * t) ** 2))
+        )
     if isinstance(space, spaces.MultiBinary):
         p = special.expit(params / t)
         return -(special.xlogy(p, p) + special.xlogy(1 - p, 1 - p)).sum(-1)

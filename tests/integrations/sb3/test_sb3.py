@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-import torch  # noqa: E402
-from sb3_envs import (  # noqa: E402
+import torch
+from sb3_envs import (
     ACTION_SPACES,
     RecordingEntropyTarget,
     RecordingTAMPO,
@@ -25,12 +25,12 @@ from sb3_envs import (  # noqa: E402
     reference_log_prob,
     reward_of,
 )
-from stable_baselines3 import A2C, PPO  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList  # noqa: E402
-from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.env_util import make_vec_env
 
-import metactl as mc  # noqa: E402
-from metactl.integrations.sb3 import (  # noqa: E402
+import metactl as mc
+from metactl.integrations.sb3 import (
     MetaCheckpointCallback,
     MetaTemperatureCallback,
     TemperatureMlpPolicy,
@@ -61,7 +61,10 @@ class RecordingPPO(PPO):
     """SB3's PPO that notes the policy's temperature each time it trains."""
 
     def train(self) -> None:
-        self.train_temperatures = [*getattr(self, "train_temperatures", []), self.policy.temperature]
+        self.train_temperatures = [
+            *getattr(self, "train_temperatures", []),
+            self.policy.temperature,
+        ]
         super().train()
 
 
@@ -91,7 +94,9 @@ class RolloutCapture(BaseCallback):
                 "state": params_of(self.model),
                 "temperature": self.model.policy.temperature,
                 "logged": {
-                    k: v for k, v in self.model.logger.name_to_value.items() if k.startswith("meta/")
+                    k: v
+                    for k, v in self.model.logger.name_to_value.items()
+                    if k.startswith("meta/")
                 },
             }
         )
@@ -122,7 +127,9 @@ def test_fixed_one_trains_bit_identically_to_sb3(algo: Any, env_id: str, kwargs:
     plain_opt, ours_opt = plain.policy.optimizer.state_dict(), ours.policy.optimizer.state_dict()
     for key, state in plain_opt["state"].items():
         for name, value in state.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(ours_opt["state"][key][name]))
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(ours_opt["state"][key][name])
+            )
 
 
 # --- each rollout is sampled, scored and trained at the controller's temperature --------------
@@ -258,7 +265,7 @@ def test_resume_from_zip_and_json_continues_bit_identically(tmp_path: Path) -> N
     assert written == tmp_path / "run.metactl.json" == controller_path(tmp_path / "run")
     assert json.loads(written.read_text())["controller"] == first_meta.controller.state_dict()
     # What SB3 itself does not save: the global RNGs and the live environments.
-    rng = torch.get_rng_state(), np.random.get_state()
+    rng = torch.get_rng_state(), np.random.get_state()  # noqa: NPY002 (SB3 shuffles with it)
     envs = first.get_env()
     del first, first_meta
 
@@ -266,7 +273,7 @@ def test_resume_from_zip_and_json_continues_bit_identically(tmp_path: Path) -> N
     resumed_meta = MetaTemperatureCallback(mc.TAMPO(mc.Discrete([0.5, 1.0, 2.0]), seed=99))
     resumed_meta.load(tmp_path / "run.zip")
     torch.set_rng_state(rng[0])
-    np.random.set_state(rng[1])
+    np.random.set_state(rng[1])  # noqa: NPY002
     resumed.learn(2 * rollout, callback=resumed_meta, reset_num_timesteps=False)
 
     assert resumed.num_timesteps == straight.num_timesteps == 4 * rollout
