@@ -1,0 +1,108 @@
+"""Benchmark: the SB3 adapter's cost, as a wall-time ratio against plain SB3 PPO.
+
+    python examples/bench_sb3.py                 # CartPole-v1 and Pendulum-v1 x 8 envs, 5 pairs each
+    python examples/bench_sb3.py --repeats 2     # quicker, noisier
+
+Each pair trains the same PPO twice with the same seed, side by side in this process: plain
+(``PPO("MlpPolicy", ...)``, no callback) and adapted (``PPO(TemperatureMlpPolicy, ...)`` with
+``MetaTemperatureCallback(mc.TAMPO())``: 10 arms, so every rollout is scored at 10 virtual
+temperatures). The order alternates from pair to pair (ABBA) so that drift in the machine's load
+falls on both sides. One JSON object per task:
+
+- ``wall_ratio``: median over pairs of adapted / plain wall time of ``learn``; the target is at
+  most 1.05. ``wall_ratio_total``: the ratio of the summed times.
+- ``cpu_ratio``: the same with this process's CPU time (less sensitive to other jobs on a
+  shared machine).
+- ``plain_s``, ``adapted_s``: the wall times of each pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+import metactl as mc
+from metactl.integrations.sb3 import MetaTemperatureCallback, TemperatureMlpPolicy
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    num_envs: int
+    n_steps: int
+    """steps per environment per rollout"""
+    rollouts: int
+
+
+TASKS = {
+    # PPO's defaults: one environment, 2048 steps per rollout, 10 epochs of minibatches of 64.
+    "CartPole-v1": Task("CartPole-v1", 1, 2048, 2),
+    # A Box (Gaussian) task on 8 environments; 256 steps each, so a rollout is 2048 steps.
+    "Pendulum-v1x8": Task("Pendulum-v1", 8, 256, 2),
+}
+
+
+def train_once(task: Task, adapted: bool, seed: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``learn`` for one run."""
+    envs = make_vec_env(task.env_id, n_envs=task.num_envs, seed=seed)
+    policy: Any = TemperatureMlpPolicy if adapted else "MlpPolicy"
+    model = PPO(policy, envs, n_steps=task.n_steps, seed=seed, device="cpu")
+    callback = MetaTemperatureCallback(mc.TAMPO(seed=seed)) if adapted else None
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.learn(task.rollouts * task.n_steps * task.num_envs, callback=callback)
+    result = time.perf_counter() - wall, time.process_time() - cpu
+    envs.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--repeats", type=int, default=5, help="pairs per task")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    for name in args.tasks:
+        task = TASKS[name]
+        train_once(task, True, seed=999)  # warm-up: imports, allocator, first-call costs
+        train_once(task, False, seed=999)
+        plain: list[tuple[float, float]] = []
+        adapted: list[tuple[float, float]] = []
+        for pair in range(args.repeats):
+            order = (False, True) if pair % 2 == 0 else (True, False)
+            for is_adapted in order:
+                (adapted if is_adapted else plain).append(train_once(task, is_adapted, pair))
+        wall_p, cpu_p = np.array(plain).T
+        wall_a, cpu_a = np.array(adapted).T
+        print(
+            json.dumps(
+                {
+                    "task": name,
+                    "env": task.env_id,
+                    "num_envs": task.num_envs,
+                    "timesteps": task.rollouts * task.n_steps * task.num_envs,
+                    "controller": "TAMPO (10 arms)",
+                    "repeats": args.repeats,
+                    "wall_ratio": round(float(np.median(wall_a / wall_p)), 4),
+                    "wall_ratio_total": round(float(wall_a.sum() / wall_p.sum()), 4),
+                    "cpu_ratio": round(float(np.median(cpu_a / cpu_p)), 4),
+                    "plain_s": [round(float(t), 3) for t in wall_p],
+                    "adapted_s": [round(float(t), 3) for t in wall_a],
+                    "torch_threads": args.threads,
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
