@@ -131,3 +131,56 @@ def reference_entropy(
         p = special.softmax(logits / t, axis=1)
         total -= special.xlogy(p, p).sum(1)
     return total
+
+
+class ImageEnv(gym.Env[np.ndarray, Any]):
+    """36x36 grey images (NatureCNN's smallest input), Discrete(3) actions, 4-step episodes."""
+
+    observation_space = spaces.Box(0, 255, (36, 36, 1), np.uint8)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, (36, 36, 1), dtype=np.uint8)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        return self._obs(), reward_of(action), self.t >= 4, False, {}
+
+
+class DictEnv(gym.Env[dict[str, Any], Any]):
+    """Dict observations (a vector and a discrete id), MultiDiscrete([3, 2]) actions."""
+
+    observation_space = spaces.Dict(
+        {"x": spaces.Box(-1.0, 1.0, (3,), np.float32), "k": spaces.Discrete(4)}
+    )
+    action_space = spaces.MultiDiscrete([3, 2])
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def _obs(self) -> dict[str, Any]:
+        return {
+            "x": self.np_random.uniform(-1.0, 1.0, 3).astype(np.float32),
+            "k": int(self.np_random.integers(4)),
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        return self._obs(), reward_of(action), self.t >= 4, False, {}

@@ -10,12 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import special
 
 pytest.importorskip("stable_baselines3")
 
 import torch
 from sb3_envs import (
     ACTION_SPACES,
+    DictEnv,
+    ImageEnv,
     RecordingEntropyTarget,
     RecordingTAMPO,
     RecordingUCB,
@@ -28,12 +31,15 @@ from sb3_envs import (
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.utils import obs_as_tensor
 
 import metactl as mc
 from metactl.integrations.sb3 import (
     MetaCheckpointCallback,
     MetaTemperatureCallback,
+    TemperatureCnnPolicy,
     TemperatureMlpPolicy,
+    TemperatureMultiInputPolicy,
     controller_path,
 )
 
@@ -130,6 +136,73 @@ def test_fixed_one_trains_bit_identically_to_sb3(algo: Any, env_id: str, kwargs:
             assert torch.equal(
                 torch.as_tensor(value), torch.as_tensor(ours_opt["state"][key][name])
             )
+
+
+class SB3LogitsCapture(BaseCallback):
+    """At rollout end: the buffer's actions and log-probs, and SB3's own T = 1 logits."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer, policy = self.model.rollout_buffer, self.model.policy
+        obs = buffer.observations
+        flat: Any = (
+            {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
+            if isinstance(obs, dict)
+            else obs.reshape(-1, *obs.shape[2:])
+        )
+        temperature, policy.temperature = policy.temperature, 1.0
+        with torch.no_grad():  # SB3's own distribution: Categorical's normalised logits
+            dists = policy.get_distribution(obs_as_tensor(flat, policy.device)).distribution
+        policy.temperature = temperature
+        dists = dists if isinstance(dists, list) else [dists]
+        self.logits = [d.logits.double().numpy() for d in dists]
+        self.actions = buffer.actions.reshape(len(self.logits[0]), -1).astype(int)
+        self.log_probs = buffer.log_probs.reshape(-1).astype(np.float64)
+        self.temperature = temperature
+
+    def reference(self, t: float) -> np.ndarray:
+        """float64 ``sum_c log softmax(logits_c / t)[a_c]`` from SB3's T = 1 logits."""
+        rows = np.arange(len(self.actions))
+        return sum(
+            special.log_softmax(z / t, axis=1)[rows, self.actions[:, c]]
+            for c, z in enumerate(self.logits)
+        )
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "env"),
+    [
+        (TemperatureCnnPolicy, "CnnPolicy", ImageEnv),
+        (TemperatureMultiInputPolicy, "MultiInputPolicy", DictEnv),
+    ],
+)
+def test_cnn_and_multi_input_policies_are_sb3s_with_a_temperature(
+    ours: Any, theirs: str, env: Any
+) -> None:
+    def model(policy: Any) -> PPO:
+        envs = make_vec_env(env, n_envs=2, seed=0)
+        return PPO(policy, envs, n_steps=8, batch_size=16, n_epochs=2, seed=0, device="cpu")
+
+    # One after the other: building a model seeds the global RNGs that learn() samples with.
+    plain = model(theirs)
+    plain.learn(32)
+    adapted = model(ours)
+    adapted.learn(32, callback=MetaTemperatureCallback(mc.Fixed(1.0)))
+    assert_bit_identical(params_of(plain), params_of(adapted))
+
+    tempered = model(ours)
+    controller = RecordingTAMPO(mc.Discrete([0.5, 2.0]), seed=2)
+    capture = SB3LogitsCapture()
+    tempered.learn(16, callback=CallbackList([MetaTemperatureCallback(controller), capture]))
+    (fb,) = controller.feedback
+    assert capture.temperature == fb.decision.value
+    np.testing.assert_allclose(
+        capture.log_probs, capture.reference(fb.decision.value), rtol=1e-5, atol=1e-5
+    )
+    for k, t in enumerate(fb.decision.virtual):
+        np.testing.assert_allclose(fb.loglik[:, k], capture.reference(t), rtol=1e-6, atol=1e-6)
 
 
 # --- each rollout is sampled, scored and trained at the controller's temperature --------------
