@@ -2,6 +2,7 @@
 
     python examples/bench_sb3.py                 # CartPole-v1 and Pendulum-v1 x 8 envs, 6 pairs each
     python examples/bench_sb3.py --repeats 2     # quicker, noisier
+    python examples/bench_sb3.py --policy --tasks   # the tempered policy's own cost only
 
 Each pair trains the same PPO twice with the same seed, side by side in this process: plain
 (``PPO("MlpPolicy", ...)``, no callback) and adapted (``PPO(TemperatureMlpPolicy, ...)`` with
@@ -20,6 +21,11 @@ falls on both sides. One JSON object per task:
   and updating the controller): the adapter's cost without the noise of the pairing. What it
   leaves out, the tempered distribution (one division or addition per forward), is tiny.
 - ``plain_s``, ``adapted_s``: the wall times of each pair.
+
+``--policy`` adds one more object: the tempered distribution's own cost, SB3's
+``evaluate_actions`` plus backward on a minibatch of 64 (Pendulum's policy) at T = 1 (SB3's
+code) and at T = 1.3, and the rollout forward on 8 observations; the fastest of 15 interleaved
+repeats of each.
 """
 
 from __future__ import annotations
@@ -91,13 +97,51 @@ def train_once(task: Task, adapted: bool, seed: int) -> tuple[float, float, floa
     return wall, cpu, 0.0 if callback is None else callback.seconds
 
 
+def policy_cost(repeats: int = 15) -> dict[str, Any]:
+    """Microseconds per minibatch update and per rollout forward, at T = 1 and T = 1.3."""
+    policy: Any = PPO(TemperatureMlpPolicy, "Pendulum-v1", seed=0, device="cpu").policy
+    obs, actions, obs8 = torch.randn(64, 3), torch.randn(64, 1), torch.randn(8, 3)
+
+    def update(n: int = 200) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            values, log_prob, entropy = policy.evaluate_actions(obs, actions)
+            (log_prob.mean() + entropy.mean() + values.mean()).backward()
+        return (time.perf_counter() - start) / n
+
+    def forward(n: int = 500) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(n):
+                policy(obs8)
+        return (time.perf_counter() - start) / n
+
+    best: dict[str, float] = {}
+    for rep in range(repeats):
+        for temperature in (1.0, 1.3) if rep % 2 == 0 else (1.3, 1.0):
+            policy.temperature = temperature
+            for name, fn in (("update", update), ("forward", forward)):
+                key = f"{name}_us_T{temperature}"
+                best[key] = min(best.get(key, float("inf")), fn() * 1e6)
+    return {
+        "task": "policy",
+        "repeats": repeats,
+        **{k: round(v, 1) for k, v in sorted(best.items())},
+        "update_ratio": round(best["update_us_T1.3"] / best["update_us_T1.0"], 4),
+        "forward_ratio": round(best["forward_us_T1.3"] / best["forward_us_T1.0"], 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--repeats", type=int, default=6, help="pairs per task")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--policy", action="store_true", help="also time the tempered policy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.policy:
+        print(json.dumps(policy_cost()), flush=True)
 
     for name in args.tasks:
         task = TASKS[name]
