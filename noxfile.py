@@ -1,8 +1,11 @@
-"""The TRL version matrix: the TRL integration's tests against every tested TRL release.
+"""Version matrices: the TRL integration's tests on every tested TRL release, and the SB3
+adapter's tests on the oldest Stable-Baselines3 release the ``sb3`` extra allows (the newest is
+the one ``make setup`` installs, tested by ``make test``).
 
-    nox                      # every release (about 2 minutes a release on 2 cores)
+    nox                      # every session (about 2 minutes a TRL release on 2 cores)
     nox -s "trl(1.13.0)"     # one release
-    nox -l                   # the releases
+    nox -s "sb3(oldest)"     # SB3 2.4.0 (gymnasium 1.0, numpy 1.x), about 2 minutes
+    nox -l                   # the sessions
 
 Each session is a venv made by uv (a fast installer that links from its cache) with torch
 pinned first (an unpinned torch pulls CUDA wheels; pip's ``PIP_FIND_LINKS``, where set, is
@@ -22,6 +25,9 @@ TRL_RELEASES = ["1.0.0", "1.9.2", "1.13.0", "1.14.2", "1.15.0", "1.16.0"]
 
 TRITON_ONLY = {"1.15.0"}
 """Releases whose fused LM head is a Triton kernel only: on CPU, run by Triton's interpreter."""
+
+SB3_OLDEST = "2.4.0"
+"""The first SB3 release that supports gymnasium 1.0: the ``sb3`` extra's lower bound."""
 
 nox.options.default_venv_backend = "uv"
 
@@ -61,3 +67,24 @@ def trl(session: nox.Session, release: str) -> None:
         *session.posargs,
         env=env,
     )
+
+
+@nox.session
+@nox.parametrize("release", [SB3_OLDEST], ids=["oldest"])
+def sb3(session: nox.Session, release: str) -> None:
+    """The SB3 adapter's tests on the oldest supported Stable-Baselines3."""
+    session.install(*_find_links(), "torch==2.13.0")
+    session.install(
+        *_find_links(),
+        "-e",
+        ".[sb3]",
+        f"stable-baselines3=={release}",
+        "pytest>=8",
+        "pytest-timeout>=2.2",
+    )
+    session.run(
+        "python",
+        "-c",
+        f"import stable_baselines3 as sb3; assert sb3.__version__ == {release!r}, sb3.__version__",
+    )
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/integrations/sb3", *session.posargs)

@@ -24,7 +24,16 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "pydantic", "yaml", "matplotlib", "transformers", "trl", "gymnasium")
+HEAVY = (
+    "torch",
+    "pydantic",
+    "yaml",
+    "matplotlib",
+    "transformers",
+    "trl",
+    "gymnasium",
+    "stable_baselines3",
+)
 
 
 def installed_name(path: Path) -> str:

@@ -1,17 +1,18 @@
-"""PPO (with a critic) whose sampling temperature is a meta-policy: CleanRL-style, one file.
+"""Stable-Baselines3's PPO whose sampling temperature is a meta-policy: one runnable file.
 
     python examples/ppo_tampo.py                                    # TAMPO on CartPole-v1
     python examples/ppo_tampo.py --controller fixed --temperature 1.0
     python examples/ppo_tampo.py --controller metagradient --env Acrobot-v1
     python examples/ppo_tampo.py --env Pendulum-v1 --total-timesteps 200000   # Gaussian actions
     python examples/ppo_tampo.py --env metactl/TokenSequence-v0 --total-timesteps 100000
+    python examples/ppo_tampo.py --algo a2c
 
-The algorithm is metactl's own PPO (``metactl.integrations.ppo``: CleanRL's ppo.py with a
-critic and GAE, discrete or Gaussian actions, exact resume); this script writes its loop out
-top to bottom. The lines that make the temperature a meta-policy are marked ``# metactl:``:
-pick the temperature once per rollout, roll out and compute ratios at it, and hand the
-controller every step's log-likelihood at the virtual temperatures against its GAE advantage
-(see docs/ppo.md). ``ppo.iterate()`` is the same five steps in one call.
+The algorithm is SB3's own PPO (or A2C). The two lines that make the temperature a meta-policy
+are marked ``# metactl:``: a policy whose action distribution reads a temperature (logits / T,
+or std * T), and a callback that picks the temperature at each rollout start and, at each
+rollout end, hands the controller every step's log-likelihood at the virtual temperatures
+against its GAE advantage (see docs/sb3.md). The controller's state is saved as JSON beside
+SB3's zip (``--save``).
 """
 
 from __future__ import annotations
@@ -20,58 +21,46 @@ import argparse
 import dataclasses
 import random
 import sys
-import time
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.env_util import make_vec_env
 
 import metactl as mc
 import metactl.integrations.gym  # registers metactl/Bandit-v0, metactl/TokenSequence-v0
-from metactl.integrations.ppo import PPO, PPOConfig
+from metactl.integrations.sb3 import MetaTemperatureCallback, TemperatureMlpPolicy
 
 
 @dataclass
 class Args:
     env: str = "CartPole-v1"
     """gymnasium id of the environment"""
+    algo: str = "ppo"
+    """ppo | a2c"""
     controller: str = "tampo"
     """tampo | metagradient (Box, continuous T) | fixed"""
-    temperatures: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
+    temperatures: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)
     """the arms of TAMPO"""
     temperature: float = 1.0
     """the temperature of --controller fixed"""
     seed: int = 1
     total_timesteps: int = 100_000
     num_envs: int = 8
-    num_steps: int = 32
-    learning_rate: float = 1e-3
-    anneal_lr: bool = True
-    gamma: float = 0.98
-    gae_lambda: float = 0.8
-    num_minibatches: int = 1
-    update_epochs: int = 20
-    clip_coef: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
     threads: int = 1
-    log_every: int = 20
-    """print a line every this many iterations"""
+    save: str = ""
+    """if set, save the model to this zip and the controller beside it (.metactl.json)"""
 
 
 def parse_args(argv: list[str]) -> Args:
-    """``--field value`` for every field of Args (tuples take several values, bools true/false)."""
+    """``--field value`` for every field of Args (tuples take several values)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Args):
         default = f.default
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(
-                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default
-            )
-        elif isinstance(default, tuple):
+        if isinstance(default, tuple):
             parser.add_argument(flag, type=float, nargs="+", default=default)
         else:
             parser.add_argument(flag, type=type(default), default=default)
@@ -93,71 +82,33 @@ def make_controller(args: Args) -> mc.Controller:
     )
 
 
-def describe(controller: mc.Controller) -> str:
-    """The meta-policy in a few characters."""
-    if isinstance(controller, mc.TAMPO):
-        return f"pi {np.round(controller.probs, 2).tolist()}"
-    if isinstance(controller, mc.MetaGradient):
-        return f"median T {controller.mean:.2f}, sigma {controller.sigma:.2f}"
-    return ""
-
-
-def recent_return(ppo: PPO, episodes: int = 20) -> float:
-    """Mean return of the last ``episodes`` finished episodes (NaN before the first)."""
-    returns = [episode_return for _, episode_return, _ in ppo.episodes[-episodes:]]
-    return float(np.mean(returns)) if returns else float("nan")
-
-
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    batch_size = args.num_envs * args.num_steps
-    num_iterations = args.total_timesteps // batch_size
+    if args.algo not in ("ppo", "a2c"):
+        raise ValueError(f"--algo: expected ppo or a2c, got {args.algo!r}")
 
-    # Seeding: the script owns the global RNGs. PPO draws only from its own torch.Generator
-    # (seeded by seed=) and the controller only from its own numpy Generator.
+    # Seeding: the script owns the global RNGs (SB3 samples actions and shuffles minibatches
+    # with them; seed= below seeds them again, and the environments). The controller draws
+    # only from its own numpy Generator.
     random.seed(args.seed)
     np.random.seed(args.seed)  # noqa: NPY002 (a script may own the global RNG)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
-    envs = gym.make_vec(args.env, num_envs=args.num_envs, vectorization_mode="sync")
-    controller = make_controller(args)  # metactl: the temperature meta-policy
-    config = PPOConfig(
-        num_steps=args.num_steps,
-        learning_rate=args.learning_rate,
-        anneal_lr_timesteps=args.total_timesteps if args.anneal_lr else None,
-        gamma=args.gamma,
-        gae_lambda=args.gae_lambda,
-        num_minibatches=args.num_minibatches,
-        update_epochs=args.update_epochs,
-        clip_coef=args.clip_coef,
-        clip_vloss=False,
-        ent_coef=args.ent_coef,
-        vf_coef=args.vf_coef,
-        max_grad_norm=args.max_grad_norm,
-    )
-    ppo = PPO(envs, controller, config, seed=args.seed)
-    print(f"{args.env}: {controller!r}")
+    # A callable, not the id: make_vec_env would ask each env for render_mode="rgb_array".
+    envs = make_vec_env(lambda: gym.make(args.env), n_envs=args.num_envs, seed=args.seed)
+    algo = PPO if args.algo == "ppo" else A2C
+    model = algo(TemperatureMlpPolicy, envs, seed=args.seed, verbose=1)  # metactl: the policy
+    meta = MetaTemperatureCallback(make_controller(args))  # metactl: the temperature meta-policy
+    print(f"{args.env}: {args.algo} with {meta.controller!r}")
 
-    start = time.time()
-    for iteration in range(1, num_iterations + 1):
-        decision = controller.sample()  # metactl: one temperature per rollout
-        # num_steps steps of every sub-environment at T (logits / T, or std * T), then GAE.
-        rollout = ppo.collect(decision.value)
-        # metactl: TAMPO's signal, steps in place of GRPO's trajectories:
-        # loglik[i, j] = log pi_{T_j}(a_i | s_i), advantages[i] = step i's GAE advantage.
-        feedback = ppo.meta_feedback(decision, rollout)
-        if feedback is not None:  # None: nothing to learn from (e.g. no episode ended)
-            controller.update(feedback)  # metactl
-        ppo.learn(rollout)  # clipped-surrogate epochs; the ratios are at the rollout's T
+    model.learn(args.total_timesteps, callback=meta)  # SB3 logs meta/temperature, meta/prob/...
 
-        if iteration % args.log_every == 0 or iteration == num_iterations:
-            print(
-                f"step {ppo.global_step:>7}  return {recent_return(ppo):8.2f}  "
-                f"T {decision.value:.3f}  {describe(controller)}  "
-                f"sps {int(ppo.global_step / (time.time() - start))}"
-            )
-    print(f"final mean return (last 20 episodes): {recent_return(ppo):.2f}")
+    returns = [episode["r"] for episode in model.ep_info_buffer]
+    print(f"mean return of the last {len(returns)} training episodes: {np.mean(returns):.2f}")
+    if args.save:
+        model.save(args.save)
+        print(f"saved {args.save} and {meta.save(args.save)}")
     envs.close()
 
 

@@ -1,8 +1,8 @@
 """The sampling temperature as the controlled knob: the one rule for what a temperature may be.
 
-TRL's ``MetaGRPOTrainer`` and PPO both let a controller choose the sampling temperature
-(``logits / T``, or ``std * T``); both refuse a controller that cannot do that with the same
-check and the same error::
+TRL's ``MetaGRPOTrainer`` and the SB3 adapter both let a controller choose the sampling
+temperature (``logits / T``, or ``std * T``); both refuse a controller that cannot do that with
+the same check and the same error::
 
     mc.check_temperature_controller(ctl, offered=(mc.Counterfactual, mc.Outcome))
     T = mc.check_temperature(ctl.sample().value, "decision.value")

@@ -1,4 +1,4 @@
-"""The one check that a controller can drive a sampling temperature (TRL and PPO use it)."""
+"""The one check that a controller can drive a sampling temperature (TRL and SB3 use it)."""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ class BanditEnv(gym.Env[np.ndarray, np.int64]):
     def _obs(self) -> np.ndarray:
         return np.zeros(1, dtype=np.float32)
 
-    # --- state that survives a reset without seed (used by PPO checkpoints) ------------
+    # --- state that survives a reset without seed (for code that resumes the env exactly) -
     def get_persistent_state(self) -> dict[str, Any]:
         """JSON state that ``reset()`` without a seed keeps: the drift clock."""
         return {"episode": self._episode}
