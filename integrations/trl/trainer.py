@@ -15,7 +15,6 @@ micro-steps) is one controller decision::
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import warnings
@@ -35,7 +34,8 @@ from metactl.integrations.torch._dispatch import (
 from metactl.metric_keys import TEMPERATURE, meta_key
 
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
-from ._seam import SUPPORTED, choose_seam
+from . import _trl_private as private
+from ._seam import choose_seam
 
 logger = logging.get_logger(__name__)
 
@@ -45,14 +45,6 @@ CONTROLLER_FILE = "metactl_controller.json"
 CHECKPOINT_FORMAT = "metactl.trl/1"
 """The file holds ``{"format": ..., "seam": ..., "controller": state_dict}``; older files held the
 bare ``state_dict``, and still load."""
-
-GRPO_TRAINER_METHODS = {
-    "_generate_and_score_completions": ("inputs",),
-    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
-    "_get_per_token_logps_and_entropies": ("model",),
-}
-"""The private GRPOTrainer methods MetaGRPOTrainer relies on, and their leading parameters:
-checked on the installed TRL at construction (:func:`check_grpo_trainer`)."""
 
 TRL_FEEDBACK = (mc.Counterfactual, mc.Outcome, mc.EntropyObservation)
 """The feedback a round can give a controller; :func:`metactl.preferred_feedback` picks one."""
@@ -135,9 +127,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     Raises:
         TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
             option that cannot follow a changing temperature (``torch_compile``, a
-            ``temperature`` in ``generation_kwargs``, ``use_liger_kernel`` on TRL < 1.14),
-            named in the message.
-        RuntimeError: the installed TRL cannot be followed (outside the supported range).
+            ``temperature`` in ``generation_kwargs``), named in the message.
+        RuntimeError: the installed TRL cannot be followed (outside the supported range); in
+            training, a vLLM round generated at another temperature than the controller's.
     """
 
     def __init__(
@@ -163,19 +155,16 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             check_temperature_controller(controller)
         if args is not None:
             _check_config(args)
-        check_grpo_trainer()
+        private.check_grpo_trainer()
         if controller is not None:
             _warn_used_controller(controller)
         # the installed release's own parameters, whatever they are
         super().__init__(model, reward_funcs, args, *trainer_args, **trainer_kwargs)
         _check_config(self.args)
-        if self.args.use_liger_kernel and "liger_grpo_loss" in vars(self):
-            raise ValueError(
-                "MetaGRPOTrainer does not support GRPOConfig(use_liger_kernel=True) on this TRL: "
-                "Liger's fused GRPO loss fixes the temperature when the trainer is built, so the "
-                "loss could not follow the controller. Set use_liger_kernel=False (or use "
-                "TRL >= 1.14, where the chunked loss reads the trainer's temperature)."
-            )
+        private.check_trainer(self)
+        # Liger's (or TRL's) fused linear GRPO loss keeps the temperature it was built with
+        # (TRL 1.0-1.13): set with the round's, like everything else TRL reads
+        self._temperature_losses = private.temperature_losses(self)
         self.controller: mc.Controller = (
             mc.TAMPO(seed=self.args.seed) if controller is None else controller
         )
@@ -192,7 +181,13 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         # refused here, before any seam is tried (e.g. Triton for a CPU model)
         resolve_implementation(fold_implementation, policy.get_output_embeddings().weight.device)
-        self._seam = choose_seam(self, policy, fold_implementation)
+        hidden_only = (
+            f"use_liger_kernel=True: TRL's loss ({', '.join(self._temperature_losses)}) projects "
+            "the final hidden states itself"
+            if self._temperature_losses
+            else None
+        )
+        self._seam = choose_seam(self, policy, fold_implementation, hidden_only=hidden_only)
         logger.info("MetaGRPOTrainer: virtual scores through the %r seam", self.seam)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
@@ -209,6 +204,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         value = float(value)
         self.temperature = value
         self._seam.set_temperature(value)
+        for loss in self._temperature_losses.values():
+            loss.temperature = value
         if self.use_vllm:
             self.vllm_generation.temperature = value
         else:
@@ -222,8 +219,20 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             decision = self.controller.sample()
             self._round = RoundStats(decision)
             self.set_temperature(decision.value)
-            self._metrics["train"][meta_key(TEMPERATURE)].append(decision.value)
-        batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+            private.train_metrics(self)[meta_key(TEMPERATURE)].append(decision.value)
+        if not (self.use_vllm and self.model.training):
+            batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+            return batch
+        with private.vllm_temperatures_seen(self.vllm_generation) as seen:
+            batch = super()._generate_and_score_completions(inputs)
+        wrong = [t for t in seen if t != self.temperature]
+        if wrong:
+            raise RuntimeError(
+                f"vLLM generated this round at temperature {wrong[0]}, but the controller chose "
+                f"{self.temperature}: the vLLM generation object "
+                f"({type(self.vllm_generation).__name__}) does not sample at the temperature "
+                "set on it, so the round's rollouts, old log-probs and virtual scores disagree"
+            )
         return batch
 
     def _calculate_rewards(
@@ -231,6 +240,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     ) -> Any:
         rewards_per_func = super()._calculate_rewards(
             inputs, prompts, completions, completion_ids_list
+        )
+        private.check_gathered_rewards(
+            rewards_per_func, len(prompts), self.accelerator.num_processes
         )
         if self.model.training and self._round is not None:
             # rewards_per_func is gathered over processes: the same round mean on every rank
@@ -254,7 +266,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     ) -> Any:
         """GRPOTrainer's loss; in a round's first pass the seam also scores the virtual temperatures."""
         generate_every = self.args.steps_per_generation * self.num_iterations
-        first_pass = self._step % generate_every < self.args.steps_per_generation
+        first_pass = private.micro_step(self) % generate_every < self.args.steps_per_generation
         stats = self._round
         if not (self.model.training and first_pass and stats is not None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -267,7 +279,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         else:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if kind is mc.EntropyObservation:
-                stats.add_entropy(self._metrics["train"]["entropy"][-1])
+                stats.add_entropy(private.last_entropy(self))
         return loss
 
     def _score_virtual(
@@ -286,7 +298,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     ) -> torch.Tensor:
         loss: torch.Tensor = super().training_step(model, inputs, num_items_in_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
-        if self._step % generate_every == 0 and self._round is not None:
+        if private.micro_step(self) % generate_every == 0 and self._round is not None:
             self._finish_round(self._round)
         return loss
 
@@ -298,8 +310,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             metrics["meta/informative_fraction"] = stats.informative_fraction
         if feedback is not None:
             metrics.update({meta_key(k): v for k, v in self.controller.update(feedback).items()})
+        logged = private.train_metrics(self)
         for key, value in metrics.items():
-            self._metrics["train"][key].append(float(value))
+            logged[key].append(float(value))
         self._round = None
         self._round_start_state = None
 
@@ -336,26 +349,6 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         is_record = isinstance(record, dict) and record.get("format") == CHECKPOINT_FORMAT
         self.controller.load_state_dict(record["controller"] if is_record else record)
         self._round = None
-
-
-def check_grpo_trainer() -> None:
-    """Check that the installed GRPOTrainer has the private methods MetaGRPOTrainer relies on.
-
-    An override of a method TRL no longer calls would silently do nothing, so a TRL whose
-    methods moved is refused here, by name, before anything is built.
-
-    Raises:
-        RuntimeError: a method is missing or takes other leading parameters.
-    """
-    for name, leading in GRPO_TRAINER_METHODS.items():
-        method = vars(GRPOTrainer).get(name)
-        params = [] if method is None else list(inspect.signature(method).parameters)[1:]
-        if tuple(params[: len(leading)]) != leading:
-            found = "missing" if method is None else f"parameters {params}"
-            raise RuntimeError(
-                f"the installed TRL's GRPOTrainer.{name} is {found}, expected leading "
-                f"parameters {list(leading)}; {SUPPORTED}"
-            )
 
 
 def _warn_used_controller(controller: mc.Controller) -> None:
