@@ -36,8 +36,8 @@ from metactl.integrations.torch import DEFAULT_CHUNK_BYTES
 from metactl.integrations.torch._dispatch import Implementation, resolve_implementation
 from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax, logit_transform_
 
-from ._seam import SUPPORTED, Seam, SeamDoesNotFit
-from ._trl_private import kernel_tile_functions, tile_functions_replaced
+from ._seam import Seam, SeamDoesNotFit
+from ._trl_private import SUPPORTED, kernel_tile_functions, tile_functions_replaced
 
 if TYPE_CHECKING:
     from metactl.integrations.torch._triton_fold import TritonFold
@@ -401,7 +401,9 @@ class TileFold:
         # the torch path's blocks hold these
         assert block_rows is not None and isinstance(acc, OnlineTemperatureLogSoftmax)
         if vocab_start != block.columns:
-            raise SeamDoesNotFit(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
+            raise SeamDoesNotFit(
+                f"TileFold: tile at column {vocab_start}, expected {block.columns}"
+            )
         block.columns += n_cols
         step = max(1, DEFAULT_CHUNK_BYTES // (4 * n_cols))
         if self._work.numel() < step * n_cols:
@@ -440,7 +442,9 @@ class TileFold:
             self._blocks.append(_RowBlock(active, TritonFold(targets, self._beta_row)))
         block = self._blocks[-1]
         if vocab_start != block.columns:
-            raise SeamDoesNotFit(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
+            raise SeamDoesNotFit(
+                f"TileFold: tile at column {vocab_start}, expected {block.columns}"
+            )
         block.columns += n_cols
         state = block.acc
         assert isinstance(state, TritonFold)  # the Triton path's blocks hold these

@@ -29,7 +29,7 @@ from torch import Tensor
 SUPPORTED = "MetaGRPOTrainer supports trl>=1.0 (tested 1.0 to 1.16)"
 """The supported range, named by every error that says a TRL cannot be followed."""
 
-GRPO_TRAINER_METHODS = {
+GRPO_TRAINER_METHODS: dict[str, tuple[str, ...]] = {
     "_generate_and_score_completions": ("inputs",),
     "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
     "_get_per_token_logps_and_entropies": ("model",),
@@ -37,7 +37,7 @@ GRPO_TRAINER_METHODS = {
 """The private GRPOTrainer methods MetaGRPOTrainer overrides or calls, with their leading
 parameters (an override of a method TRL no longer calls would silently do nothing)."""
 
-TRAINER_METHODS = {"_load_optimizer_and_scheduler": ("checkpoint",)}
+TRAINER_METHODS: dict[str, tuple[str, ...]] = {"_load_optimizer_and_scheduler": ("checkpoint",)}
 """The private transformers ``Trainer`` methods MetaGRPOTrainer overrides (resume)."""
 
 TRAINER_ATTRIBUTES = {
@@ -193,7 +193,7 @@ def tile_functions_replaced(replacements: dict[str, Any]) -> Iterator[None]:
 # --- Liger -----------------------------------------------------------------------------------
 
 
-def temperature_losses(trainer: Any) -> dict[str, torch.nn.Module]:
+def temperature_losses(trainer: Any) -> dict[str, Any]:
     """The loss modules the trainer holds that keep a temperature of their own.
 
     Found by feature, not by name: any ``torch.nn.Module`` attribute of the trainer other than

@@ -33,8 +33,8 @@ from metactl.integrations.torch._dispatch import (
 )
 from metactl.metric_keys import TEMPERATURE, meta_key
 
-from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
 from . import _trl_private as private
+from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
 from ._seam import choose_seam
 
 logger = logging.get_logger(__name__)
