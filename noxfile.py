@@ -53,6 +53,7 @@ def trl(session: nox.Session, release: str) -> None:
         "pytest>=8",
         "pytest-timeout>=2.2",
         "triton>=3.0",
+        "liger-kernel>=0.6,<0.9",  # use_liger_kernel=True (its GRPO loss runs on CPU)
     )
     session.run(
         "python", "-c", f"import trl; assert trl.__version__ == {release!r}, trl.__version__"

@@ -38,8 +38,7 @@ from torch import Tensor
 
 from metactl.integrations.torch._dispatch import Implementation
 
-SUPPORTED = "MetaGRPOTrainer supports trl>=1.0 (tested 1.0 to 1.16)"
-"""The supported range, named by every error that says a TRL cannot be followed."""
+from ._trl_private import SUPPORTED
 
 PROBE_TEMPERATURES = (0.5, 2.0)
 PROBE_VIRTUAL = (0.7, 1.3)
@@ -47,6 +46,15 @@ PROBE_VIRTUAL = (0.7, 1.3)
 
 class LossDoesNotFollow(RuntimeError):
     """TRL's own loss forward does not score at the temperature the seam set."""
+
+
+class NonFiniteLogits(ValueError):
+    """The policy's own logits are NaN or inf: the model is broken, whatever the TRL release."""
+
+
+class SeamDoesNotFit(RuntimeError):
+    """A seam cannot reach TRL's loss forward on this release or configuration (the expected
+    failures: what the seam needs is not there, or TRL's forward does not show it)."""
 
 
 class Seam(ABC):
@@ -97,7 +105,7 @@ class Seam(ABC):
         scores, self._scores = self._scores, []
         got = sum(s.size(0) for s in scores)
         if got != batch_size:
-            raise RuntimeError(
+            raise SeamDoesNotFit(
                 f"seam {self.name!r}: scored {got} rollouts in the loss forwards, expected "
                 f"{batch_size}; {SUPPORTED}"
             )
@@ -128,8 +136,10 @@ def probe(trainer: Any, seam: Seam) -> None:
     """Check on a few tokens that ``seam`` follows TRL's loss (see the module docstring).
 
     Raises:
+        NonFiniteLogits: the policy's own logits are NaN or inf (checked first: then nothing
+            else can be judged).
         LossDoesNotFollow: TRL's log-probs or entropies are not those at the set temperature.
-        RuntimeError: the seam's virtual scores are wrong (or the seam failed).
+        SeamDoesNotFit: the seam saw no forward or scored the virtual temperatures wrongly.
     """
     model = trainer.model
     weight = model.get_output_embeddings().weight
@@ -147,6 +157,12 @@ def probe(trainer: Any, seam: Seam) -> None:
     try:
         with torch.no_grad():
             logits = _reference(model, ids, mask, length)
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteLogits(
+                    "model: the policy's logits are NaN/inf on a probe input (its weights hold "
+                    "NaN/inf values?); MetaGRPOTrainer cannot check how TRL's loss follows the "
+                    "temperature, nor can the model train. Check the checkpoint or its dtype."
+                )
             targets = ids[:, -length:, None]
             for value in PROBE_TEMPERATURES:
                 trainer.temperature = value
@@ -173,7 +189,7 @@ def probe(trainer: Any, seam: Seam) -> None:
                     -1,
                 )
                 if not _close(scores, want, completion[..., None].expand_as(want), tol):
-                    raise RuntimeError("the virtual scores differ from log_softmax of the logits")
+                    raise SeamDoesNotFit("its virtual scores differ from log_softmax of the logits")
     finally:
         trainer.temperature = saved
         seam.set_temperature(saved)
@@ -209,20 +225,29 @@ def _unprobed(trainer: Any, policy: Any, temperature: Any, implementation: Imple
     return seam
 
 
-def choose_seam(trainer: Any, policy: Any, implementation: Implementation) -> Seam:
+def choose_seam(
+    trainer: Any, policy: Any, implementation: Implementation, *, hidden_only: str | None = None
+) -> Seam:
     """The first seam that the installed TRL passes :func:`probe` with.
+
+    Only the failures a seam is expected to meet (:class:`SeamDoesNotFit`: what it needs is not
+    in this TRL, or TRL's forward does not show it) send the choice to the next seam, and the
+    fallback's warning names each of them; any other error (a bug) propagates.
 
     Args:
         trainer: the MetaGRPOTrainer, after ``GRPOTrainer.__init__``.
         policy: the policy's transformers model (the base model under PEFT).
         implementation: the fold implementation (``"auto"``, ``"torch"``, ``"triton"``).
+        hidden_only: why TRL's loss forward computes from the hidden states and shows neither
+            logits nor tiles (e.g. a Liger loss), skipping the fast seams; None to try them.
 
     Returns:
-        The seam; a warning naming it and its cost when it is the fallback. A policy that
-        cannot run a forward yet (DeepSpeed ZeRO-3, meta weights) gets the release's fast seam
-        unprobed, with a warning.
+        The seam; a warning naming it, its cost and what sent the choice there when it is the
+        fallback. A policy that cannot run a forward yet (DeepSpeed ZeRO-3, meta weights) gets
+        the release's fast seam unprobed, with a warning.
 
     Raises:
+        NonFiniteLogits: (a ``ValueError``) the policy's logits are NaN or inf.
         RuntimeError: TRL's loss does not follow the temperature (no seam can), naming the
             supported range and what each seam reported.
     """
@@ -234,19 +259,19 @@ def choose_seam(trainer: Any, policy: Any, implementation: Implementation) -> Se
     fused = fused_head_installed(policy)
     try:  # TRL's fused heads captured their temperature: every seam needs them refitted
         temperature = follow_fused_heads(trainer, policy) if fused else None
-    except RuntimeError as err:
+    except SeamDoesNotFit as err:
         raise RuntimeError(
             f"the installed TRL's fused LM head cannot follow a changing temperature ({err}); "
             f"{SUPPORTED}"
         ) from err
     if not can_run_now(policy):
         return _unprobed(trainer, policy, temperature, implementation)
-    candidates: list[Any] = [FusedTileSeam] if fused else [LogitsSeam]
+    candidates: list[Any] = [] if hidden_only else [FusedTileSeam if fused else LogitsSeam]
     candidates.append(HiddenStatesSeam)
     for make in candidates:
         try:
             seam: Seam = make(trainer, policy, temperature, implementation)
-        except (AttributeError, ImportError, TypeError, RuntimeError) as err:
+        except SeamDoesNotFit as err:
             failures.append(f"{make.name}: {err}")
             continue
         try:
@@ -257,12 +282,15 @@ def choose_seam(trainer: Any, policy: Any, implementation: Implementation) -> Se
                 f"the installed TRL's loss cannot follow a temperature that changes every round "
                 f"({err}); {SUPPORTED}"
             ) from err
-        except (AttributeError, IndexError, KeyError, TypeError, RuntimeError) as err:
+        except SeamDoesNotFit as err:
             seam.close()
             failures.append(f"{seam.name}: {err}")
             continue
+        except BaseException:
+            seam.close()
+            raise
         if make is HiddenStatesSeam:
-            reasons = "; ".join(failures) or "TRL's loss forward shows neither logits nor tiles"
+            reasons = "; ".join(failures) or hidden_only
             warnings.warn(
                 f"MetaGRPOTrainer scores the virtual temperatures through the {seam.name!r} seam "
                 f"({seam.cost}), since the fast seams do not fit this TRL or configuration "

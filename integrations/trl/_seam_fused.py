@@ -13,17 +13,18 @@ temperature; the seam's probe proves it on the installed TRL::
 :class:`FusedTileSeam` scores the completions at the virtual temperatures inside the loss
 forwards TRL already makes: while armed, every logits tile that TRL's kernel projects for its own
 log-probs is also folded into K online log-softmaxes (:class:`TileFold`), so each tile of logits
-is computed once: no extra model forward nor LM-head pass. This reads TRL's private kernel
-module ``trl.kernels.chunked_logprob`` (its ``_forward_tile``/``_forward_kernel`` are wrapped for
-the duration of one forward, and ``_use_triton`` says which rows it projects); this module is the
-only one that does, imported only when the seam is tried. On CUDA/XPU the fold is a Triton kernel
-launched right after TRL's own on the same tile (same stream); on CPU it is chunked torch code.
+is computed once: no extra model forward nor LM-head pass. The model's ``forward`` is never
+replaced (accelerate's mixed precision rebinds it): module hooks on the model install the fold
+around TRL's private kernel module ``trl.kernels.chunked_logprob`` (its
+``_forward_tile``/``_forward_kernel``, reached through :mod:`._trl_private`) for the duration of
+one armed forward. On CUDA/XPU the fold is a Triton kernel launched right after TRL's own on the
+same tile (same stream); on CPU it is chunked torch code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,8 @@ from metactl.integrations.torch import DEFAULT_CHUNK_BYTES
 from metactl.integrations.torch._dispatch import Implementation, resolve_implementation
 from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax, logit_transform_
 
-from ._seam import SUPPORTED, Seam
+from ._seam import Seam, SeamDoesNotFit
+from ._trl_private import SUPPORTED, kernel_tile_functions, tile_functions_replaced
 
 if TYPE_CHECKING:
     from metactl.integrations.torch._triton_fold import TritonFold
@@ -74,7 +76,7 @@ def follow_fused_heads(trainer: Any, policy: Any) -> RoundTemperature:
     Runs in the trainer's ``__init__``, before accelerate wraps the policy's ``forward``.
 
     Raises:
-        RuntimeError: a model does not carry TRL's fused head.
+        SeamDoesNotFit: a model does not carry TRL's fused head.
     """
     temperature = RoundTemperature(trainer.temperature)
     cast = trainer.args.cast_lm_head_to_fp32
@@ -93,7 +95,7 @@ def _refit(
     from trl.trainer.utils import add_fused_lm_head
 
     if "forward" not in vars(model):
-        raise RuntimeError(
+        raise SeamDoesNotFit(
             f"{type(model).__name__} has no fused LM head installed by TRL's add_fused_lm_head"
         )
     del model.forward  # back to the class's forward, then let TRL patch it again
@@ -118,7 +120,7 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
         implementation: the :class:`TileFold` implementation to probe.
 
     Raises:
-        RuntimeError: the installed TRL's kernel does not behave so (an unsupported version).
+        SeamDoesNotFit: the installed TRL's kernel is not there or does not behave so.
         ImportError, ValueError: the fold's ``implementation`` cannot run on ``device`` (e.g.
             Triton not installed on a GPU machine).
     """
@@ -129,9 +131,9 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
     targets = torch.tensor([0, 2, 6, 1, 3, 5], device=device)
     logits = hidden @ weight.t()
     temp, virtual = RoundTemperature(1.0), [0.7, 1.3]
-    from trl.kernels import ChunkedLogProbFunction
-
     try:
+        from trl.kernels import ChunkedLogProbFunction
+
         for value in (0.5, 2.0):
             temp.value = value
             fold = TileFold(
@@ -159,8 +161,8 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
                 and torch.allclose(scores, want_virtual, atol=1e-4)
             ):
                 raise RuntimeError("the kernel's log-probs or the folded virtual scores are wrong")
-    except (AttributeError, TypeError, RuntimeError) as err:
-        raise RuntimeError(
+    except (ImportError, AttributeError, TypeError, RuntimeError) as err:
+        raise SeamDoesNotFit(
             f"the installed TRL's fused LM head cannot be followed at a changing temperature, "
             f"nor scored at virtual temperatures ({err}); {SUPPORTED}"
         ) from err
@@ -169,21 +171,25 @@ def check_kernel(device: torch.device, *, implementation: Implementation = "auto
 class FusedTileSeam(Seam):
     """Folds every tile TRL's fused LM head projects in the policy's armed forwards.
 
-    TRL's fused LM head is the policy's instance ``forward``; the seam wraps it. A call with
-    ``fused_lm_head=True`` made while armed runs with a :class:`TileFold` installed. Wrapping the
-    instance ``forward`` (rather than hooking the module) also works under PEFT, which calls the
-    wrapped model's ``forward`` directly.
+    Two module hooks on the model TRL's loss forward calls (``trainer.model``: the policy, or its
+    PEFT wrapper, whose hooks fire under DDP, FSDP and DeepSpeed, which all call the module): a
+    forward pre-hook that, for a call with ``fused_lm_head=True`` made while armed, installs a
+    :class:`TileFold` around TRL's kernel (:meth:`TileFold.installed`, for the duration of that
+    forward), and a forward hook that removes it and keeps the scores. The model's ``forward`` is
+    never replaced: accelerate's mixed precision, gradient checkpointing and sharding rebind or
+    wrap ``forward`` as they like, and the hooks stay on the module.
 
     Args:
-        trainer: the trainer.
-        policy: the policy's transformers model, after :func:`follow_fused_heads`.
+        trainer: the trainer (its ``model``, the module TRL's loss forward calls, is hooked).
+        policy: the policy's transformers model, after :func:`follow_fused_heads` (its LM head
+            is read per call, as TRL does: FSDP and PEFT may replace it after patching).
         temperature: the :class:`RoundTemperature` the fused heads read.
         implementation: the :class:`TileFold` implementation (``"auto"``: Triton on CUDA/XPU,
             torch otherwise).
 
     Raises:
-        ImportError, AttributeError, RuntimeError: TRL's kernel module is not there or does not
-            behave as the fold expects (:func:`check_kernel`).
+        SeamDoesNotFit: TRL's kernel module is not there or does not behave as the fold
+            expects (:func:`check_kernel`).
     """
 
     name = "fused-tiles"
@@ -197,19 +203,21 @@ class FusedTileSeam(Seam):
         implementation: Implementation,
     ) -> None:
         super().__init__(temperature)
-        from trl.kernels import chunked_logprob
+        from ._trl_private import kernel_projects_labelled_rows_only
 
         self.implementation: Implementation = implementation
         self._policy = policy
         head = policy.get_output_embeddings().weight
         check_kernel(head.device, implementation=implementation)
         # which rows TRL projects: the labelled ones where Triton runs (always, on 1.15)
-        self._use_triton: Callable[[torch.device], bool] = vars(chunked_logprob).get(
-            "_use_triton", lambda device: True
-        )
+        self._compact = kernel_projects_labelled_rows_only
         self._betas: tuple[list[float], Tensor] | None = None
-        self._fused_forward = vars(policy)["forward"]
-        policy.forward = self._forward
+        self._open: tuple[TileFold, Tensor, int, ExitStack] | None = None
+        module = trainer.model
+        self._handles = [
+            module.register_forward_pre_hook(self._before, with_kwargs=True),
+            module.register_forward_hook(self._after, always_call=True),
+        ]
 
     def _beta_row(self, temperatures: list[float], device: torch.device) -> Tensor:
         """The virtual ``1 / T`` on ``device``, copied once per round rather than per forward."""
@@ -218,36 +226,62 @@ class FusedTileSeam(Seam):
             self._betas = (temperatures, row)
         return self._betas[1]
 
-    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+    def _before(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        """Install a :class:`TileFold` for an armed fused forward (TRL's loss forward)."""
+        self._drop_open()  # a forward that raised never reached :meth:`_after`
         if self._armed is None or not kwargs.get("fused_lm_head"):
-            return self._fused_forward(*args, **kwargs)
+            return
         temperatures, length = self._armed
         labels = kwargs.get("shift_labels")
         if labels is None:
+            if kwargs.get("labels") is None:
+                raise SeamDoesNotFit("TRL's fused forward was called without labels")
             labels = kwargs["labels"][:, 1:]
-        # looked up per call, as TRL does: FSDP and PEFT may replace the head after patching
         weight = self._policy.get_output_embeddings().weight
         mask = labels.to(weight.device) != -100
-        compact = self._use_triton(weight.device)  # TRL projects the labelled rows only
         fold = TileFold(
             temperatures,
-            None if compact else mask.reshape(-1),
+            None if self._compact(weight.device) else mask.reshape(-1),
             weight.shape[0],
             device=weight.device,
             beta_row=self._beta_row(temperatures, weight.device),
             implementation=self.implementation,
         )
-        with fold.installed():
-            out = self._fused_forward(*args, **kwargs)
-        scored = mask[:, -length:, None].expand(-1, -1, len(temperatures))
-        per_token = torch.zeros(scored.shape, dtype=torch.float32, device=weight.device)
+        stack = ExitStack()
+        stack.enter_context(fold.installed())
+        self._open = (fold, mask, length, stack)
+
+    def _after(self, module: Any, args: Any, output: Any) -> None:
+        """Remove the fold of this forward and keep its ``[b, L, K]`` scores."""
+        if self._open is None:
+            return
+        fold, mask, length, stack = self._open
+        self._open = None
+        stack.close()
+        scored = mask[:, -length:, None].expand(-1, -1, len(fold.betas))
+        per_token = torch.zeros(scored.shape, dtype=torch.float32, device=mask.device)
         # the last `length` positions hold every labelled row: sync-free scatter
         per_token.masked_scatter_(scored, fold.scores())
         self.keep(per_token)
-        return out
+
+    def _drop_open(self) -> None:
+        if self._open is not None:
+            self._open[3].close()
+            self._open = None
+
+    @contextmanager
+    def armed(self, temperatures: Sequence[float], completion_length: int) -> Iterator[None]:
+        """As :meth:`Seam.armed`; TRL's kernel is left as it was even if a forward raised."""
+        try:
+            with super().armed(temperatures, completion_length):
+                yield
+        finally:
+            self._drop_open()
 
     def close(self) -> None:
-        self._policy.forward = self._fused_forward
+        self._drop_open()
+        for handle in self._handles:
+            handle.remove()
 
 
 class TileFold:
@@ -306,26 +340,18 @@ class TileFold:
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Wrap TRL's tile folds (process-wide, for the duration of the block).
+        """Wrap TRL's tile folds (process-wide, for the duration of the block: one forward).
 
         Raises:
             AttributeError: TRL's kernel module has no ``_forward_kernel`` (its internals moved).
         """
-        from trl.kernels import chunked_logprob
-
         # 1.15 has the Triton kernel only; 1.16 added the torch tile for other devices
-        names = [n for n in ("_forward_kernel", "_forward_tile") if n in vars(chunked_logprob)]
-        if "_forward_kernel" not in names:
-            raise AttributeError("trl.kernels.chunked_logprob has no _forward_kernel")
-        saved = {name: vars(chunked_logprob)[name] for name in names}
         wrap = {"_forward_kernel": _ThenLaunch, "_forward_tile": _then}
-        for name, original in saved.items():
-            setattr(chunked_logprob, name, wrap[name](original, self.fold))
-        try:
+        originals = kernel_tile_functions()
+        with tile_functions_replaced(
+            {name: wrap[name](original, self.fold) for name, original in originals.items()}
+        ):
             yield
-        finally:
-            for name, original in saved.items():
-                setattr(chunked_logprob, name, original)
 
     def fold(
         self,
@@ -375,7 +401,9 @@ class TileFold:
         # the torch path's blocks hold these
         assert block_rows is not None and isinstance(acc, OnlineTemperatureLogSoftmax)
         if vocab_start != block.columns:
-            raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
+            raise SeamDoesNotFit(
+                f"TileFold: tile at column {vocab_start}, expected {block.columns}"
+            )
         block.columns += n_cols
         step = max(1, DEFAULT_CHUNK_BYTES // (4 * n_cols))
         if self._work.numel() < step * n_cols:
@@ -414,7 +442,9 @@ class TileFold:
             self._blocks.append(_RowBlock(active, TritonFold(targets, self._beta_row)))
         block = self._blocks[-1]
         if vocab_start != block.columns:
-            raise RuntimeError(f"TileFold: tile at column {vocab_start}, expected {block.columns}")
+            raise SeamDoesNotFit(
+                f"TileFold: tile at column {vocab_start}, expected {block.columns}"
+            )
         block.columns += n_cols
         state = block.acc
         assert isinstance(state, TritonFold)  # the Triton path's blocks hold these
@@ -432,12 +462,12 @@ class TileFold:
         """``[S, K]`` fp32 log-probabilities of the scored rows, in row order.
 
         Raises:
-            RuntimeError: the kernel did not show every row and every vocabulary tile.
+            SeamDoesNotFit: the kernel did not show every row and every vocabulary tile.
         """
         complete = all(block.columns == self.vocab_size for block in self._blocks)
         expected = self._next_row if self.scored is None else self.scored.numel()
         if self._next_row != expected or not complete:
-            raise RuntimeError(
+            raise SeamDoesNotFit(
                 f"TileFold: the kernel showed {self._next_row} of {expected} rows "
                 f"(vocabulary covered per block: {[block.columns for block in self._blocks]} of "
                 f"{self.vocab_size}); {SUPPORTED}"

@@ -19,7 +19,7 @@ import torch
 from metactl.integrations.torch import hidden_rows_loglik
 from metactl.integrations.torch._dispatch import Implementation
 
-from ._seam import Seam
+from ._seam import Seam, SeamDoesNotFit
 
 
 class HiddenStatesSeam(Seam):
@@ -50,13 +50,20 @@ class HiddenStatesSeam(Seam):
         self._softcap: float | None = config.get("final_logit_softcapping")
         scale = config.get("logit_scale")
         self._logit_scale = 1.0 if scale is None else float(scale)
-        self._handle = policy.base_model.register_forward_hook(self._score, with_kwargs=True)
+        backbone = policy.base_model  # transformers: the policy itself when it has none
+        if backbone is policy:
+            raise SeamDoesNotFit(f"{type(policy).__name__} has no backbone module to hook")
+        self._handle = backbone.register_forward_hook(self._score, with_kwargs=True)
 
     def _score(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         if self._armed is None:
             return
         temperatures, length = self._armed
-        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if ids is None or mask is None:
+            raise SeamDoesNotFit(
+                "the backbone is not called with input_ids and attention_mask keywords"
+            )
         head = self._policy.get_output_embeddings()
         hidden = output.last_hidden_state[:, -length - 1 : -1].to(head.weight.device)
         scored = mask[:, -length:].to(head.weight.device) != 0

@@ -18,7 +18,7 @@ import torch
 from metactl.integrations.torch import temperature_loglik
 from metactl.integrations.torch._dispatch import Implementation
 
-from ._seam import Seam
+from ._seam import Seam, SeamDoesNotFit
 
 
 class LogitsSeam(Seam):
@@ -45,8 +45,14 @@ class LogitsSeam(Seam):
         if self._armed is None:
             return
         temperatures, length = self._armed
-        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
-        logits = output.logits[:, -length - 1 : -1]
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        logits = output.get("logits") if isinstance(output, dict) else None  # a ModelOutput
+        if ids is None or mask is None or logits is None:
+            raise SeamDoesNotFit(
+                "TRL's loss forward does not call the policy with input_ids and attention_mask "
+                "keywords and get logits back"
+            )
+        logits = logits[:, -length - 1 : -1]
         per_token = temperature_loglik(
             logits,
             ids[:, -length:],

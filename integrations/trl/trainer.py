@@ -17,7 +17,6 @@ micro-steps) is one controller decision::
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from metactl.metric_keys import (
     prob_key,
 )
 
+from . import _trl_private as private
 from ._checkpoint import (
     CONTROLLER_FILE,
     TRAINER_STATE_FILE,
@@ -58,17 +58,9 @@ from ._checkpoint import (
     write_controller_file,
 )
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
-from ._seam import SUPPORTED, choose_seam
+from ._seam import choose_seam
 
 logger = logging.get_logger(__name__)
-
-GRPO_TRAINER_METHODS = {
-    "_generate_and_score_completions": ("inputs",),
-    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
-    "_get_per_token_logps_and_entropies": ("model",),
-}
-"""The private GRPOTrainer methods MetaGRPOTrainer relies on, and their leading parameters:
-checked on the installed TRL at construction (:func:`check_grpo_trainer`)."""
 
 ROUND_REWARDS = "metactl_rewards"
 ROUND_GROUPS = "metactl_groups"
@@ -163,9 +155,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     Raises:
         TypeError, ValueError: a controller that cannot drive a temperature, or a GRPOConfig
             option that cannot follow a changing temperature (``torch_compile``, a
-            ``temperature`` in ``generation_kwargs``, ``use_liger_kernel`` on TRL < 1.14),
-            named in the message.
-        RuntimeError: the installed TRL cannot be followed (outside the supported range).
+            ``temperature`` in ``generation_kwargs``), named in the message.
+        RuntimeError: the installed TRL cannot be followed (outside the supported range); in
+            training, a vLLM round generated at another temperature than the controller's.
     """
 
     def __init__(
@@ -194,20 +186,17 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         if args is not None:
             _check_config(args)
             _check_launch(args)
-        check_grpo_trainer()
+        private.check_grpo_trainer()
         if controller is not None:
             _warn_used_controller(controller)
         # the installed release's own parameters, whatever they are
         super().__init__(model, reward_funcs, args, *trainer_args, **trainer_kwargs)
         _check_config(self.args)
         _check_launch(self.args)
-        if self.args.use_liger_kernel and "liger_grpo_loss" in vars(self):
-            raise ValueError(
-                "MetaGRPOTrainer does not support GRPOConfig(use_liger_kernel=True) on this TRL: "
-                "Liger's fused GRPO loss fixes the temperature when the trainer is built, so the "
-                "loss could not follow the controller. Set use_liger_kernel=False (or use "
-                "TRL >= 1.14, where the chunked loss reads the trainer's temperature)."
-            )
+        private.check_trainer(self)
+        # Liger's (or TRL's) fused linear GRPO loss keeps the temperature it was built with
+        # (TRL 1.0-1.13): set with the round's, like everything else TRL reads
+        self._temperature_losses = private.temperature_losses(self)
         self.controller: mc.Controller = (
             mc.TAMPO(seed=self.args.seed) if controller is None else controller
         )
@@ -224,7 +213,13 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         policy = self.model.get_base_model() if is_peft_model(self.model) else self.model
         # refused here, before any seam is tried (e.g. Triton for a CPU model)
         resolve_implementation(fold_implementation, policy.get_output_embeddings().weight.device)
-        self._seam = choose_seam(self, policy, fold_implementation)
+        hidden_only = (
+            f"use_liger_kernel=True: TRL's loss ({', '.join(self._temperature_losses)}) projects "
+            "the final hidden states itself"
+            if self._temperature_losses
+            else None
+        )
+        self._seam = choose_seam(self, policy, fold_implementation, hidden_only=hidden_only)
         logger.info("MetaGRPOTrainer: virtual scores through the %r seam", self.seam)
         self._round: RoundStats | None = None
         self._round_start_state: dict[str, Any] | None = None
@@ -252,6 +247,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         value = float(value)
         self.temperature = value
         self._seam.set_temperature(value)
+        for loss in self._temperature_losses.values():
+            loss.temperature = value
         if self.use_vllm:
             self.vllm_generation.temperature = value
         else:
@@ -265,8 +262,20 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
             decision = self.controller.sample()
             self._round = RoundStats(decision)
             self.set_temperature(decision.value)
-            self._metrics["train"][meta_key(TEMPERATURE)].append(decision.value)
-        batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+            private.train_metrics(self)[meta_key(TEMPERATURE)].append(decision.value)
+        if self.use_vllm and self.model.training:
+            with private.vllm_temperatures_seen(self.vllm_generation) as seen:
+                batch: dict[str, Any] = super()._generate_and_score_completions(inputs)
+            wrong = [t for t in seen if t != self.temperature]
+            if wrong:
+                raise RuntimeError(
+                    f"vLLM generated this round at temperature {wrong[0]}, but the controller "
+                    f"chose {self.temperature}: the vLLM generation object "
+                    f"({type(self.vllm_generation).__name__}) does not sample at the temperature "
+                    "set on it, so the round's rollouts, old log-probs and virtual scores disagree"
+                )
+        else:
+            batch = super()._generate_and_score_completions(inputs)
         if self.model.training and self._round is not None and self._round.rewards is not None:
             # Each row's reward and prompt group travel with it through TRL's shuffle and split.
             n = batch["completion_ids"].size(0)
@@ -281,6 +290,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     ) -> Any:
         rewards_per_func = super()._calculate_rewards(
             inputs, prompts, completions, completion_ids_list
+        )
+        private.check_gathered_rewards(
+            rewards_per_func, len(prompts), self.accelerator.num_processes
         )
         if self.model.training and self._round is not None:
             # rewards_per_func is gathered over processes: the same round mean on every rank
@@ -311,7 +323,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         inputs = dict(inputs)  # the round's columns are ours, not TRL's loss's
         rewards, groups = inputs.pop(ROUND_REWARDS, None), inputs.pop(ROUND_GROUPS, None)
         generate_every = self.args.steps_per_generation * self.num_iterations
-        first_pass = self._step % generate_every < self.args.steps_per_generation
+        first_pass = private.micro_step(self) % generate_every < self.args.steps_per_generation
         stats = self._round
         if not (self.model.training and first_pass and stats is not None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -327,7 +339,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         else:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if kind is mc.EntropyObservation:
-                stats.add_entropy(self._metrics["train"]["entropy"][-1])
+                stats.add_entropy(private.last_entropy(self))
         return loss
 
     def _score_virtual(
@@ -349,7 +361,7 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
     ) -> torch.Tensor:
         loss: torch.Tensor = super().training_step(model, inputs, num_items_in_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
-        if self._step % generate_every == 0 and self._round is not None:
+        if private.micro_step(self) % generate_every == 0 and self._round is not None:
             self._finish_round(self._round)
         return loss
 
@@ -385,8 +397,9 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 }
             )
             self._log_policy(update)
+        logged = private.train_metrics(self)
         for key, value in metrics.items():
-            self._metrics["train"][key].append(float(value))
+            logged[key].append(float(value))
         self._round = None
         self._round_start_state = None
 
@@ -564,26 +577,6 @@ def _claim_controller(trainer: MetaGRPOTrainer) -> None:
             stacklevel=3,
         )
     _DRIVEN[id(trainer.controller)] = trainer
-
-
-def check_grpo_trainer() -> None:
-    """Check that the installed GRPOTrainer has the private methods MetaGRPOTrainer relies on.
-
-    An override of a method TRL no longer calls would silently do nothing, so a TRL whose
-    methods moved is refused here, by name, before anything is built.
-
-    Raises:
-        RuntimeError: a method is missing or takes other leading parameters.
-    """
-    for name, leading in GRPO_TRAINER_METHODS.items():
-        method = vars(GRPOTrainer).get(name)
-        params = [] if method is None else list(inspect.signature(method).parameters)[1:]
-        if tuple(params[: len(leading)]) != leading:
-            found = "missing" if method is None else f"parameters {params}"
-            raise RuntimeError(
-                f"the installed TRL's GRPOTrainer.{name} is {found}, expected leading "
-                f"parameters {list(leading)}; {SUPPORTED}"
-            )
 
 
 def _warn_used_controller(controller: mc.Controller) -> None:

@@ -50,6 +50,27 @@ def make_config(tmp_path: Any, **overrides: Any) -> GRPOConfig:
     return GRPOConfig(**kwargs)
 
 
+SIZES: dict[str, Any] = {
+    "per_device_train_batch_size": 4,
+    "num_generations": 4,
+    "max_completion_length": 6,
+    "max_steps": 2,
+    "dataloader_num_workers": 0,
+}
+"""The only settings :func:`default_config` changes, besides ``use_cpu``: sizes."""
+
+
+def default_config(tmp_path: Any, **overrides: Any) -> GRPOConfig:
+    """The installed release's DEFAULT GRPOConfig (bf16 autocast and gradient checkpointing as
+    they default), with only ``use_cpu`` and the sizes of :data:`SIZES` set, plus
+    ``logging_steps=1`` so that every step's loss and grad norm are logged to compare (logging
+    changes no number)."""
+    kwargs: dict[str, Any] = {"output_dir": str(tmp_path), "use_cpu": True, "logging_steps": 1}
+    kwargs.update(SIZES)
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
 def meta_trainer(tokenizer: Any, model: Any, args: GRPOConfig, **kwargs: Any) -> Any:
     """A MetaGRPOTrainer on the digit reward and the tiny dataset (``kwargs``: controller=...)."""
     from metactl.integrations.trl import MetaGRPOTrainer

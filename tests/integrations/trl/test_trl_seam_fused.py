@@ -10,6 +10,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -212,11 +213,12 @@ class TestTritonTileFold:
         labels[1, :3] = -100
         scores = {}
         for implementation in ("torch", "triton"):
-            seam = FusedTileSeam(None, model, RoundTemperature(1.0), implementation)
+            holder = types.SimpleNamespace(model=model)  # the seam hooks `trainer.model`
+            seam = FusedTileSeam(holder, model, RoundTemperature(1.0), implementation)
             with seam.armed([0.5, 1.0, 2.0], 6), torch.no_grad():
                 model(input_ids=input_ids, labels=labels, fused_lm_head=True)
             scores[implementation] = seam.take(2)
-            seam.close()  # the next seam wraps TRL's forward again
+            seam.close()  # the next seam hooks the model again
         assert scores["torch"].shape == (2, 6, 3)
         assert bool((scores["torch"][1, :2] == 0).all())  # unlabelled positions score 0
         torch.testing.assert_close(scores["triton"], scores["torch"], atol=1e-5, rtol=1e-5)
