@@ -38,8 +38,10 @@ package: setup
 	$(PY) -m pip install -q --no-deps --target build/wheel-site $(DIST)/*.whl
 	$(PY) .ci/check_wheel.py $(DIST)/*.whl --core $(CORE_VENV)/bin/python --full build/wheel-site
 
+# The quick suite (what a developer reruns; under 10 minutes on 2 cores), then the slow tests.
 test: setup lint typecheck package
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m slow
 
 demo: setup
 	$(VENV)/bin/metactl demo
