@@ -6,10 +6,29 @@ module reaches into another's internals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from metactl import functional as F
 from metactl.feedback import Counterfactual, Outcome, Outcomes
+from metactl.spaces import Discrete
+
+
+def temperature_grid(
+    owner: str, space: object, default: Sequence[float], hint: str = ""
+) -> Discrete:
+    """``space`` as a ``Discrete`` set of candidate temperatures (``default`` when None).
+
+    A sequence or array becomes ``Discrete(space)``; anything else is refused naming ``owner``.
+    """
+    if space is None:
+        return Discrete(default)
+    if isinstance(space, Discrete):
+        return space
+    if isinstance(space, (Sequence, np.ndarray)):
+        return Discrete(space)
+    raise TypeError(f"{owner}(space): needs a metactl.Discrete set of arms, got {space!r}{hint}")
 
 
 def arm_label(value: float) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 
 from metactl import functional as F
 from metactl._validate import real
-from metactl.controllers._arms import arm_label, check_all_arms
+from metactl.controllers._arms import arm_label, check_all_arms, temperature_grid
 from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.controllers.tampo import PAPER_TEMPERATURES
 from metactl.feedback import Counterfactual, Feedback
@@ -86,15 +86,7 @@ class Informativeness(BaseController):
         min_ess: float = 0.5,
         seed: int | np.random.Generator | None = None,
     ) -> None:
-        if space is None:
-            space = Discrete(PAPER_TEMPERATURES)
-        elif not isinstance(space, Discrete):
-            if isinstance(space, (Sequence, np.ndarray)):
-                space = Discrete(space)
-            else:
-                raise TypeError(
-                    f"Informativeness(space): needs a metactl.Discrete set of arms, got {space!r}"
-                )
+        space = temperature_grid("Informativeness", space, PAPER_TEMPERATURES)
         ema = real("Informativeness(ema)", ema)
         top_p = real("Informativeness(top_p)", top_p)
         min_ess = real("Informativeness(min_ess)", min_ess)

@@ -9,7 +9,12 @@ import numpy as np
 
 from metactl import functional as F
 from metactl._validate import MAX_MAGNITUDE, integer, real
-from metactl.controllers._arms import arm_label, check_all_arms, counterfactual_arm_advantages
+from metactl.controllers._arms import (
+    arm_label,
+    check_all_arms,
+    counterfactual_arm_advantages,
+    temperature_grid,
+)
 from metactl.controllers.base import BaseController, Metrics, check_shape
 from metactl.feedback import Counterfactual, Feedback
 from metactl.metric_keys import prob_key
@@ -54,16 +59,9 @@ class TAMPO(BaseController):
         warmup_steps: int = 0,
         seed: int | np.random.Generator | None = None,
     ) -> None:
-        if space is None:
-            space = Discrete(PAPER_TEMPERATURES)
-        elif not isinstance(space, Discrete):
-            if isinstance(space, (Sequence, np.ndarray)):
-                space = Discrete(space)
-            else:
-                raise TypeError(
-                    f"TAMPO(space): needs a metactl.Discrete set of arms, got {space!r}; "
-                    "use mc.MetaGradient for a continuous mc.Box"
-                )
+        space = temperature_grid(
+            "TAMPO", space, PAPER_TEMPERATURES, "; use mc.MetaGradient for a continuous mc.Box"
+        )
         ema = real("TAMPO(ema)", ema)
         top_p = real("TAMPO(top_p)", top_p)
         warmup_steps = integer("TAMPO(warmup_steps)", warmup_steps, minimum=0)
