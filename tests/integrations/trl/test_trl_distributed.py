@@ -101,14 +101,16 @@ def test_fsdp2_sharded_run_equals_the_ddp_run(ddp_run, tmp_path):
         assert sharded["temperatures"] == replicated["temperatures"]
         # the same controller state: decisions, counters, RNG exactly; the learned parameters
         # to float rounding (FSDP2 reduce-scatters gradients where DDP all-reduces them, so the
-        # second round's policy can differ in the last bits: bit-identical on TRL 1.16, 2e-9
-        # apart on 1.13)
+        # second round's policy can differ in the last bits: measured from bit-identical to
+        # 7e-9 apart)
         state, reference = dict(sharded["state"]), dict(replicated["state"])
         params, expected = state.pop("params"), reference.pop("params")
         assert state == reference
         assert params.keys() == expected.keys()
         for name in params:
-            np.testing.assert_allclose(params[name], expected[name], rtol=1e-5, atol=1e-9)
+            # the parameters are EMAs of advantage-weighted float32 log-likelihoods (|l| ~ 1):
+            # float32 rounding of the scores (~1e-7) bounds how far a reordered sum moves them
+            np.testing.assert_allclose(params[name], expected[name], rtol=0, atol=1e-7)
 
 
 @pytest.mark.slow
