@@ -5,6 +5,7 @@ the one ``make setup`` installs, tested by ``make test``).
     nox                      # every session (about 2 minutes a TRL release on 2 cores)
     nox -s "trl(1.13.0)"     # one release
     nox -s "sb3(oldest)"     # SB3 2.4.0 (gymnasium 1.0, numpy 1.x), about 2 minutes
+    nox -s zero3             # DeepSpeed ZeRO-3 on TRL 1.13 and 1.16, about 3 minutes each
     nox -l                   # the sessions
 
 Each session is a venv made by uv (a fast installer that links from its cache) with torch
@@ -37,10 +38,8 @@ def _find_links() -> list[str]:
     return [arg for link in links for arg in ("--find-links", link)]
 
 
-@nox.session
-@nox.parametrize("release", TRL_RELEASES, ids=TRL_RELEASES)
-def trl(session: nox.Session, release: str) -> None:
-    """The TRL integration's tests on one TRL release."""
+def _install_trl(session: nox.Session, release: str, *extra: str) -> None:
+    """torch pinned first, then metactl with the TRL ``release`` and the test dependencies."""
     session.install(*_find_links(), "torch==2.13.0")
     session.install(
         *_find_links(),
@@ -54,10 +53,18 @@ def trl(session: nox.Session, release: str) -> None:
         "pytest-timeout>=2.2",
         "triton>=3.0",
         "liger-kernel>=0.6,<0.9",  # use_liger_kernel=True (its GRPO loss runs on CPU)
+        *extra,
     )
     session.run(
         "python", "-c", f"import trl; assert trl.__version__ == {release!r}, trl.__version__"
     )
+
+
+@nox.session
+@nox.parametrize("release", TRL_RELEASES, ids=TRL_RELEASES)
+def trl(session: nox.Session, release: str) -> None:
+    """The TRL integration's tests on one TRL release."""
+    _install_trl(session, release)
     env = {"TRITON_INTERPRET": "1"} if release in TRITON_ONLY else {}
     session.run(
         "pytest",
@@ -67,6 +74,30 @@ def trl(session: nox.Session, release: str) -> None:
         "tests/integrations/trl",
         *session.posargs,
         env=env,
+    )
+
+
+ZERO3_RELEASES = ["1.13.0", "1.16.0"]
+"""DeepSpeed ZeRO-3 runs on the last logits release (and its Liger loss) and the newest fused one."""
+
+DEEPSPEED = "deepspeed==0.19.8"
+"""An sdist whose setup.py imports torch: built against the session's torch, without isolation
+(an isolated build would pull an unpinned torch)."""
+
+
+@nox.session
+@nox.parametrize("release", ZERO3_RELEASES, ids=ZERO3_RELEASES)
+def zero3(session: nox.Session, release: str) -> None:
+    """MetaGRPOTrainer under DeepSpeed ZeRO-3 (one process, DeepSpeed's CPU accelerator)."""
+    _install_trl(session, release, "setuptools", "wheel")
+    session.install(*_find_links(), "--no-build-isolation", DEEPSPEED)
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/integrations/trl/test_trl_zero3.py",
+        *session.posargs,
     )
 
 

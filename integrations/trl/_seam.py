@@ -75,6 +75,8 @@ class Seam(ABC):
 
     def __init__(self, temperature: Any = None) -> None:
         self.temperature = temperature
+        #: chosen without a probe (weights not there at construction): probed at the first round
+        self.probe_pending = False
         self._armed: tuple[list[float], int] | None = None
         self._scores: list[Tensor] = []
 
@@ -142,8 +144,9 @@ def probe(trainer: Any, seam: Seam) -> None:
         SeamDoesNotFit: the seam saw no forward or scored the virtual temperatures wrongly.
     """
     model = trainer.model
-    weight = model.get_output_embeddings().weight
-    vocab, device = weight.shape[0], weight.device
+    head = model.get_output_embeddings()
+    weight = head.weight  # under ZeRO-3 partitioned (shape [0]) outside the forward
+    vocab, device = head.out_features, weight.device
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (2, 7), generator=gen).to(device)
     mask = torch.ones_like(ids)
@@ -206,7 +209,7 @@ def can_run_now(policy: Any) -> bool:
 
 
 def _unprobed(trainer: Any, policy: Any, temperature: Any, implementation: Implementation) -> Seam:
-    """The release's fast seam by feature detection alone, said in a warning.
+    """The release's fast seam by feature detection, its probe left to the first round.
 
     ``temperature``: the fused heads' RoundTemperature, or None (TRL without a fused head).
     """
@@ -215,14 +218,35 @@ def _unprobed(trainer: Any, policy: Any, temperature: Any, implementation: Imple
 
     make = LogitsSeam if temperature is None else FusedTileSeam
     seam: Seam = make(trainer, policy, temperature, implementation)
+    seam.probe_pending = True
     warnings.warn(
-        f"MetaGRPOTrainer could not probe TRL's loss forward at construction (the policy's "
-        f"weights are partitioned or on the meta device, as under DeepSpeed ZeRO-3); it uses the "
-        f"{seam.name!r} seam, chosen by what the installed TRL provides. {SUPPORTED}.",
+        f"MetaGRPOTrainer cannot probe TRL's loss forward at construction (the policy's weights "
+        f"are partitioned or on the meta device, as under DeepSpeed ZeRO-3); it takes the "
+        f"{seam.name!r} seam, chosen by what the installed TRL provides, and probes it at the "
+        f"first round, before any update. {SUPPORTED}.",
         UserWarning,
         stacklevel=3,
     )
     return seam
+
+
+def probe_at_first_round(trainer: Any, seam: Seam) -> None:
+    """The probe of a seam taken unprobed at construction (:func:`choose_seam`), run before the
+    first round's generation: the engine (DeepSpeed ZeRO-3) is built by then, and the policy's
+    forward gathers its weights.
+
+    Raises:
+        RuntimeError: the seam fails the probe (before any update), naming the supported range.
+    """
+    try:
+        probe(trainer, seam)
+    except (SeamDoesNotFit, LossDoesNotFollow) as err:
+        raise RuntimeError(
+            f"MetaGRPOTrainer's {seam.name!r} seam, taken without a probe at construction (the "
+            f"policy's weights were partitioned or on the meta device, as under DeepSpeed "
+            f"ZeRO-3), fails its probe at the first round, before any update ({err}); {SUPPORTED}"
+        ) from err
+    seam.probe_pending = False
 
 
 def choose_seam(
@@ -244,12 +268,14 @@ def choose_seam(
     Returns:
         The seam; a warning naming it, its cost and what sent the choice there when it is the
         fallback. A policy that cannot run a forward yet (DeepSpeed ZeRO-3, meta weights) gets
-        the release's fast seam unprobed, with a warning.
+        the release's fast seam with a warning, probed at the first round
+        (:func:`probe_at_first_round`).
 
     Raises:
         NonFiniteLogits: (a ``ValueError``) the policy's logits are NaN or inf.
         RuntimeError: TRL's loss does not follow the temperature (no seam can), naming the
-            supported range and what each seam reported.
+            supported range and what each seam reported; or only the hidden-states seam fits
+            (``hidden_only``) while the policy cannot run a forward yet.
     """
     from ._seam_fused import FusedTileSeam, follow_fused_heads, fused_head_installed
     from ._seam_hidden import HiddenStatesSeam
@@ -265,6 +291,13 @@ def choose_seam(
             f"{SUPPORTED}"
         ) from err
     if not can_run_now(policy):
+        if hidden_only:
+            raise RuntimeError(
+                f"MetaGRPOTrainer cannot score the virtual temperatures here: {hidden_only}, so "
+                "only the hidden-states seam could, and it projects through the LM head outside "
+                "TRL's forward, where the policy's weights are partitioned or on the meta device "
+                "(DeepSpeed ZeRO-3). Set use_liger_kernel=False, or use ZeRO-2 or FSDP2."
+            )
         return _unprobed(trainer, policy, temperature, implementation)
     candidates: list[Any] = [] if hidden_only else [FusedTileSeam if fused else LogitsSeam]
     candidates.append(HiddenStatesSeam)

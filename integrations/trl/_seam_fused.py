@@ -237,12 +237,15 @@ class FusedTileSeam(Seam):
             if kwargs.get("labels") is None:
                 raise SeamDoesNotFit("TRL's fused forward was called without labels")
             labels = kwargs["labels"][:, 1:]
-        weight = self._policy.get_output_embeddings().weight
+        head = self._policy.get_output_embeddings()
+        weight = head.weight
         mask = labels.to(weight.device) != -100
         fold = TileFold(
             temperatures,
             None if self._compact(weight.device) else mask.reshape(-1),
-            weight.shape[0],
+            # the layer's size, not the weight's shape: ZeRO-3 partitions the weight outside
+            # the forward (shape [0]) and gathers it only for the kernel
+            head.out_features,
             device=weight.device,
             beta_row=self._beta_row(temperatures, weight.device),
             implementation=self.implementation,

@@ -58,7 +58,7 @@ from ._checkpoint import (
     write_controller_file,
 )
 from ._round import OUTCOME_SIGNALS, OutcomeSignal, RoundStats, informative_fraction
-from ._seam import choose_seam
+from ._seam import choose_seam, probe_at_first_round
 
 logger = logging.get_logger(__name__)
 
@@ -257,6 +257,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
 
     # --- the round -------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        if self.model.training and self._seam.probe_pending:
+            probe_at_first_round(self, self._seam)
         if self.model.training:
             self._round_start_state = self.controller.state_dict()
             decision = self.controller.sample()
