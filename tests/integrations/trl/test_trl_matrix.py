@@ -246,10 +246,11 @@ def test_import_touches_no_private_trl_module():
     assert "metactl.integrations.trl.trainer" in loaded
 
 
-def test_a_policy_that_cannot_run_yet_gets_the_fast_seam_unprobed_with_a_warning(
+def test_a_policy_that_cannot_run_yet_gets_the_fast_seam_probed_at_the_first_round(
     tokenizer, model, tmp_path, monkeypatch
 ):
-    """Under DeepSpeed ZeRO-3 the weights are partitioned until training: no probe forward."""
+    """Under DeepSpeed ZeRO-3 the weights are partitioned until training: no probe forward at
+    construction, the probe at the first round (the real ZeRO-3 runs: test_trl_zero3.py)."""
     from metactl.integrations.trl import _seam
 
     with torch.device("meta"):
@@ -257,6 +258,16 @@ def test_a_policy_that_cannot_run_yet_gets_the_fast_seam_unprobed_with_a_warning
     assert not _seam.can_run_now(on_meta) and _seam.can_run_now(model)
     probed = meta_trainer(tokenizer, copy.deepcopy(model), make_config(tmp_path / "a")).seam
     monkeypatch.setattr(_seam, "can_run_now", lambda policy: False)  # as ZeRO-3 would say
-    with pytest.warns(UserWarning, match=rf"could not probe .* uses the '{probed}' seam"):
-        trainer = meta_trainer(tokenizer, model, make_config(tmp_path / "b"))
+    with pytest.warns(UserWarning, match=rf"cannot probe .* takes the '{probed}' seam"):
+        trainer = meta_trainer(tokenizer, model, make_config(tmp_path / "b", max_steps=1))
     assert trainer.seam == probed
+    probes: list[Any] = []
+    real_probe = _seam.probe
+
+    def counted_probe(*args: Any) -> None:
+        probes.append(args)
+        real_probe(*args)
+
+    monkeypatch.setattr(_seam, "probe", counted_probe)
+    trainer.train()
+    assert len(probes) == 1 and trainer.state.global_step == 1
