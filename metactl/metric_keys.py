@@ -33,6 +33,10 @@ SHARPNESS_ADVANTAGE_COVARIANCE = "sharpness_advantage_covariance"
 when the good rollouts are the sharp ones, i.e. when TAMPO's signal cools the run."""
 
 
+SEAM_SECONDS = "seam_seconds"
+"""The seconds a trainer's seam spent in a round scoring the virtual temperatures (its own
+work on this process, beside TRL's ``step_time``): what Counterfactual feedback costs."""
+
 INFORMATIVE_FRACTION = "informative_fraction"
 """The fraction of a round's prompt groups whose completions got unequal rewards."""
 

@@ -27,6 +27,7 @@ temperature, no seam can work and :func:`choose_seam` raises naming the supporte
 
 from __future__ import annotations
 
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -57,6 +58,46 @@ class SeamDoesNotFit(RuntimeError):
     failures: what the seam needs is not there, or TRL's forward does not show it)."""
 
 
+class SeamClock:
+    """The time a seam's own work takes, summed over a round (``meta/seam_seconds``).
+
+    On a GPU each piece of work is bracketed by CUDA events, read when the round ends (the
+    controller's update has already waited for the scores, so reading them stalls nothing);
+    elsewhere, the host clock around the work.
+    """
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._events: list[tuple[Any, Any]] = []
+
+    @contextmanager
+    def timing(self, device: torch.device) -> Iterator[None]:
+        """Count the block's work on ``device``."""
+        if device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((start, end))
+        else:
+            begin = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._seconds += time.perf_counter() - begin
+
+    def take_seconds(self) -> float:
+        """The seconds counted since the last call."""
+        for _, end in self._events:
+            end.synchronize()
+        seconds = self._seconds + sum(float(s.elapsed_time(e)) for s, e in self._events) / 1000
+        self._seconds, self._events = 0.0, []
+        return seconds
+
+
 class Seam(ABC):
     """One way of reaching TRL's loss forwards (see the module docstring).
 
@@ -77,6 +118,7 @@ class Seam(ABC):
         self.temperature = temperature
         #: chosen without a probe (weights not there at construction): probed at the first round
         self.probe_pending = False
+        self.clock = SeamClock()
         self._armed: tuple[list[float], int] | None = None
         self._scores: list[Tensor] = []
 

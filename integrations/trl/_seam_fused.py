@@ -36,7 +36,7 @@ from metactl.integrations.torch import DEFAULT_CHUNK_BYTES
 from metactl.integrations.torch._dispatch import Implementation, resolve_implementation
 from metactl.integrations.torch.loglik import OnlineTemperatureLogSoftmax, logit_transform_
 
-from ._seam import Seam, SeamDoesNotFit
+from ._seam import Seam, SeamClock, SeamDoesNotFit
 from ._trl_private import SUPPORTED, kernel_tile_functions, tile_functions_replaced
 
 if TYPE_CHECKING:
@@ -249,6 +249,7 @@ class FusedTileSeam(Seam):
             device=weight.device,
             beta_row=self._beta_row(temperatures, weight.device),
             implementation=self.implementation,
+            clock=self.clock,
         )
         stack = ExitStack()
         stack.enter_context(fold.installed())
@@ -261,11 +262,12 @@ class FusedTileSeam(Seam):
         fold, mask, length, stack = self._open
         self._open = None
         stack.close()
-        scored = mask[:, -length:, None].expand(-1, -1, len(fold.betas))
-        per_token = torch.zeros(scored.shape, dtype=torch.float32, device=mask.device)
-        # the last `length` positions hold every labelled row: sync-free scatter
-        per_token.masked_scatter_(scored, fold.scores())
-        self.keep(per_token)
+        with self.clock.timing(mask.device):
+            scored = mask[:, -length:, None].expand(-1, -1, len(fold.betas))
+            per_token = torch.zeros(scored.shape, dtype=torch.float32, device=mask.device)
+            # the last `length` positions hold every labelled row: sync-free scatter
+            per_token.masked_scatter_(scored, fold.scores())
+            self.keep(per_token)
 
     def _drop_open(self) -> None:
         if self._open is not None:
@@ -309,6 +311,7 @@ class TileFold:
         vocab_size: ``V``, for the check that every tile was seen.
         implementation: ``"auto"`` (Triton for CUDA/XPU tensors, torch otherwise), ``"torch"``
             or ``"triton"`` (CUDA/XPU, or CPU under ``TRITON_INTERPRET=1``).
+        clock: the seam's clock, which counts the time of every tile's fold; None counts none.
 
     Raises:
         ValueError, ImportError: as ``resolve_implementation`` for the device of ``scored``.
@@ -323,7 +326,9 @@ class TileFold:
         device: torch.device,
         beta_row: Tensor | None = None,
         implementation: Implementation = "auto",
+        clock: SeamClock | None = None,
     ) -> None:
+        self.clock = clock
         self.betas = [1.0 / t for t in temperatures]
         self.scored = scored
         self.vocab_size = vocab_size
@@ -351,10 +356,16 @@ class TileFold:
         # 1.15 has the Triton kernel only; 1.16 added the torch tile for other devices
         wrap = {"_forward_kernel": _ThenLaunch, "_forward_tile": _then}
         originals = kernel_tile_functions()
+        fold = self.fold if self.clock is None else self._timed_fold
         with tile_functions_replaced(
-            {name: wrap[name](original, self.fold) for name, original in originals.items()}
+            {name: wrap[name](original, fold) for name, original in originals.items()}
         ):
             yield
+
+    def _timed_fold(self, tile: Tensor, *args: Any, **kwargs: Any) -> None:
+        assert self.clock is not None  # installed() passes this fold only with a clock
+        with self.clock.timing(tile.device):
+            self.fold(tile, *args, **kwargs)
 
     def fold(
         self,

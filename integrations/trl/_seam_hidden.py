@@ -65,7 +65,20 @@ class HiddenStatesSeam(Seam):
                 "the backbone is not called with input_ids and attention_mask keywords"
             )
         head = self._policy.get_output_embeddings()
-        hidden = output.last_hidden_state[:, -length - 1 : -1].to(head.weight.device)
+        with self.clock.timing(head.weight.device):
+            self._score_rows(head, output.last_hidden_state, ids, mask, temperatures, length)
+
+    def _score_rows(
+        self,
+        head: Any,
+        last_hidden: Any,
+        ids: Any,
+        mask: Any,
+        temperatures: list[float],
+        length: int,
+    ) -> None:
+        """One extra LM-head pass over the scored completion rows, at every temperature."""
+        hidden = last_hidden[:, -length - 1 : -1].to(head.weight.device)
         scored = mask[:, -length:].to(head.weight.device) != 0
         tokens = ids[:, -length:].to(head.weight.device)
         rows = hidden_rows_loglik(

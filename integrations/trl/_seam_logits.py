@@ -53,15 +53,16 @@ class LogitsSeam(Seam):
                 "keywords and get logits back"
             )
         logits = logits[:, -length - 1 : -1]
-        per_token = temperature_loglik(
-            logits,
-            ids[:, -length:],
-            mask[:, -length:],
-            temperatures,
-            reduction="none",
-            implementation=self.implementation,
-        )
-        self.keep(per_token.to(torch.float32))
+        with self.clock.timing(logits.device):
+            per_token = temperature_loglik(
+                logits,
+                ids[:, -length:],
+                mask[:, -length:],
+                temperatures,
+                reduction="none",
+                implementation=self.implementation,
+            )
+            self.keep(per_token.to(torch.float32))
 
     def close(self) -> None:
         self._handle.remove()

@@ -42,6 +42,7 @@ from metactl.metric_keys import (
     INFORMATIVE_FRACTION,
     NONFINITE_REWARDS,
     POLICY,
+    SEAM_SECONDS,
     SKIPPED_ROUNDS,
     TEMPERATURE,
     arm_of,
@@ -371,6 +372,8 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         """Update the controller from the round's statistics, identically on every process."""
         feedback, extra = stats.feedback(self._feedback_kind, self.accelerator, self.outcome)
         metrics = dict(extra)
+        if self._feedback_kind is mc.Counterfactual:
+            metrics[meta_key(SEAM_SECONDS)] = self._seam.clock.take_seconds()
         if stats.informative_fraction is not None:
             metrics[meta_key(INFORMATIVE_FRACTION)] = stats.informative_fraction
         if stats.nonfinite_rewards:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import trl.trainer.grpo_trainer
 from conftest import make_config, make_dataset
 
@@ -78,10 +80,15 @@ def test_a_handful_of_scalars_and_the_policy_as_one_histogram(
         "meta/policy_entropy",
         "meta/expected_value",
         "meta/informative_fraction",
+        "meta/seam_seconds",
     ):
         assert key in meta
     assert not [k for k in meta if "/prob/" in k or "advantage/" in k]
     assert len(meta) <= 12, meta
+    # the seam's own time in each round: some, and less than the whole step TRL times
+    rounds = [h for h in trainer.state.log_history if "meta/seam_seconds" in h]
+    assert len(rounds) == 3 and all(h["meta/seam_seconds"] > 0 for h in rounds)
+    assert all(h["meta/seam_seconds"] < h["step_time"] for h in rounds if "step_time" in h)
     # one histogram per round: bucket i holds arm i's probability after that round's update
     (event_file,) = tmp_path.rglob("events.out.tfevents*")
     events = EventAccumulator(str(event_file.parent), size_guidance={"histograms": 0})
@@ -192,3 +199,14 @@ def test_a_round_without_finite_rewards_is_counted_and_warned_once(tokenizer, mo
     ]
     assert skipped == [1.0, 2.0][:ROUNDS]
     assert len([w for w in caught if "nothing to learn from" in str(w.message)]) == 1
+
+
+def test_the_seam_clock_counts_the_work_it_brackets_and_restarts_each_round():
+    from metactl.integrations.trl._seam import SeamClock
+
+    clock = SeamClock()
+    for _ in range(2):
+        with clock.timing(torch.device("cpu")):
+            time.sleep(0.02)
+    assert 0.04 <= clock.take_seconds() < 5.0
+    assert clock.take_seconds() == 0.0  # taken: the next round starts from nothing
