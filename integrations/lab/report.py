@@ -299,7 +299,9 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
             "",
             "Drift of a controller on a seed: its mean sampled temperature over the last rounds "
             "minus T0, the expected temperature of its first decision (before any feedback). It "
-            f"does not drift if the 95% interval of the mean drift lies inside +-{DRIFT_MARGIN:g}.",
+            f"does not drift if the 95% interval of the mean drift lies inside +-{DRIFT_MARGIN:g}; "
+            "it drifts if the interval excludes 0 (and is not inside); otherwise it is not "
+            "resolved (more seeds are needed).",
             "",
             "| controller | seeds | rounds | T0 | late mean T | drift [95% CI] | drifts? |",
             "|---|---|---|---|---|---|---|",
@@ -307,7 +309,7 @@ def report_markdown(summary: dict[str, Any], figure: bool) -> str:
         for label, d in drifts.items():
             ci = d["drift_ci95"]
             interval = "" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-            verdict_text = "no" if d["within_margin"] else ("not resolved" if ci is None else "yes")
+            verdict_text = d["reading"]
             lines.append(
                 f"| {table_cell(label)} | {len(d['seeds'])} | {d['window'][0]}-{d['window'][1]} | "
                 f"{d['t0']:.3f} | {d['late_mean']:.3f} | {d['drift']:+.3f}{interval} | "
@@ -607,7 +609,7 @@ def _plot_temperatures(ax: Any, summary: dict[str, Any], runs: list[RunRef]) -> 
         centres, means = temperature_curve([r for r in runs if r.label == label])
         if centres:
             n = len((summary["controllers"].get(label) or {}).get("seeds", []))
-            ax.plot(centres, means, marker=".", ms=3, lw=1.3, label=f"{label} (n={n})")
+            ax.plot(centres, means, marker=".", ms=3, lw=1.3, label=f"{_legend(label)} (n={n})")
             drew = True
     if not drew:
         ax.text(0.5, 0.5, "no temperature logged", ha="center", va="center", transform=ax.transAxes)

@@ -126,9 +126,12 @@ def drift(runs: list[RunRef], t0: float, steps: int) -> dict[str, Any] | None:
     """Mean sampled temperature over the last :data:`DRIFT_WINDOW` rounds minus ``t0``, per seed.
 
     Returns:
-        ``{"t0", "seeds", "late_mean", "drift", "drift_ci95", "within_margin"}`` over the
-        finished runs (``within_margin``: the interval lies inside +-:data:`DRIFT_MARGIN`), or
-        None without finished runs that logged the window.
+        ``{"t0", "seeds", "late_mean", "drift", "drift_ci95", "within_margin", "reading"}``
+        over the finished runs (``within_margin``: the interval lies inside
+        +-:data:`DRIFT_MARGIN`), or None without finished runs that logged the window.
+        ``reading``: ``"no"`` (within the margin), ``"yes, warmer"`` / ``"yes, cooler"`` (the
+        interval excludes 0 and is not within the margin), else ``"not resolved"`` (the
+        interval holds 0 and reaches beyond the margin: more seeds are needed).
     """
     from metactl.integrations.lab.paired import mean_ci95
 
@@ -145,6 +148,13 @@ def drift(runs: list[RunRef], t0: float, steps: int) -> dict[str, Any] | None:
         return None
     mean, low, high = mean_ci95([x - t0 for x in late])
     ci = None if low is None or high is None else [low, high]
+    within = ci is not None and -DRIFT_MARGIN < ci[0] and ci[1] < DRIFT_MARGIN
+    if within:
+        reading = "no"
+    elif ci is not None and (ci[0] > 0 or ci[1] < 0):
+        reading = "yes, warmer" if ci[0] > 0 else "yes, cooler"
+    else:
+        reading = "not resolved"
     return {
         "t0": t0,
         "window": [first, steps],
@@ -152,5 +162,6 @@ def drift(runs: list[RunRef], t0: float, steps: int) -> dict[str, Any] | None:
         "late_mean": float(np.mean(late)),
         "drift": mean,
         "drift_ci95": ci,
-        "within_margin": ci is not None and -DRIFT_MARGIN < ci[0] and ci[1] < DRIFT_MARGIN,
+        "within_margin": within,
+        "reading": reading,
     }

@@ -93,8 +93,9 @@ def read_controller_file(path: str, controller: Any) -> dict[str, Any]:
         ValueError: naming ``path`` and the field: not a regular file, larger than
             :data:`MAX_CONTROLLER_FILE_BYTES`, not UTF-8 JSON, nested deeper than
             :data:`MAX_DEPTH`, a ``format`` other than :data:`CHECKPOINT_FORMAT`, no
-            ``controller``, counters that are not ints >= 0 or ``updates > step``, or a state
-            the controller's ``load_state_dict`` refuses (its message, truncated).
+            ``controller``, counters that are not ints >= 0, or a state the controller's
+            ``load_state_dict`` refuses (its message, truncated: how its updates may relate to
+            its decisions is its own rule).
     """
     where = f"{path}:"
     try:
@@ -156,11 +157,6 @@ def read_controller_file(path: str, controller: Any) -> dict[str, Any]:
             raise ValueError(
                 f"{where} controller.{name}: expected an int >= 0, got {shorten(repr(value), 80)}"
             )
-    if state["updates"] > state["step"]:
-        raise ValueError(
-            f"{where} controller.updates: {state['updates']} updates from {state['step']} "
-            "decisions (each update learns from at least one decision)"
-        )
     trial = copy.deepcopy(controller)
     try:
         trial.load_state_dict(state)

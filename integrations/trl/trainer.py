@@ -374,8 +374,6 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
         metrics = dict(extra)
         if self._feedback_kind is mc.Counterfactual:
             metrics[meta_key(SEAM_SECONDS)] = self._seam.clock.take_seconds()
-        if stats.informative_fraction is not None:
-            metrics[meta_key(INFORMATIVE_FRACTION)] = stats.informative_fraction
         if stats.nonfinite_rewards:
             metrics[meta_key(NONFINITE_REWARDS)] = stats.nonfinite_rewards
             self._warn_once(
@@ -402,6 +400,10 @@ class MetaGRPOTrainer(GRPOTrainer):  # type: ignore[misc]  # TRL is Any to mypy 
                 }
             )
             self._log_policy(update)
+        if stats.informative_fraction is not None:
+            # the round's own (every rollout's reward), also where a controller reports one
+            # from the rows it learned from (mc.Informativeness)
+            metrics[meta_key(INFORMATIVE_FRACTION)] = stats.informative_fraction
         logged = private.train_metrics(self)
         for key, value in metrics.items():
             logged[key].append(float(value))

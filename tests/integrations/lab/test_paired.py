@@ -276,5 +276,29 @@ def test_drift_on_the_random_reward_control(tmp_path: Path) -> None:
     assert d["drift_ci95"] == pytest.approx([1.0 - d["t0"] - half, 1.0 - d["t0"] + half])
     assert d["within_margin"] is False
     text = (out / "report.md").read_text()
-    assert "## Drift on the random-reward control" in text and "| yes |" in text
+    assert d["reading"] == "yes, warmer"  # the interval excludes 0: upward
+    assert "## Drift on the random-reward control" in text and "| yes, warmer |" in text
     assert "**Random-reward control**: every completion's training reward was 1 with" in text
+
+
+@pytest.mark.parametrize(
+    ("lates", "reading"),
+    [
+        ([0.75, 0.76, 0.74], "no"),  # drifts -0.00 +-0.01: inside +-0.15
+        ([0.55, 0.60, 0.65], "yes, cooler"),  # [-0.27, -0.03]: excludes 0, below
+        ([0.60, 1.00, 0.65], "not resolved"),  # holds 0 and reaches beyond +-0.15
+    ],
+)
+def test_drift_reading(tmp_path: Path, lates: list[float], reading: str) -> None:
+    """Within the margin: no; an interval that excludes 0: yes, its way; else not resolved."""
+    from metactl.integrations.lab.rundir import list_runs
+    from metactl.integrations.lab.temperature_course import drift
+
+    for seed, late in enumerate(lates):
+        _run(tmp_path, "C", "C", seed, "tampo", 0.5, [[0, 0.4], [40, 0.5]], [late] * 40)
+    d = drift(list_runs(tmp_path), 0.75, 40)
+    assert d is not None and d["reading"] == reading
+    mean = sum(lates) / 3 - 0.75
+    assert d["drift"] == pytest.approx(mean)
+    ci = d["drift_ci95"]
+    assert (ci[0] > -0.15 and ci[1] < 0.15) == (reading == "no")
