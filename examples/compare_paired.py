@@ -6,8 +6,9 @@
 Every controller of the folders is compared with ``--baseline`` on the seeds both finished:
 the mean of the per-seed differences of final held-out accuracy and of AUC, with a 95%
 Student-t interval over those differences (pairing by seed removes the variation that the
-shared warm start and data order put into both). Folders must hold the same task and settings
-(checked). One JSON object per controller.
+shared warm start and data order put into both), and the AUC difference's minimum detectable
+difference (below). Folders must hold the same task and settings (checked). One JSON object per
+controller.
 
 ``--headroom`` prints, per metric, the best schedule (``schedule`` or ``piecewise`` runs) minus
 the best fixed temperature (``fixed`` runs), each the best by mean over the seeds every one of
@@ -220,6 +221,7 @@ def main(args: Args) -> None:
             row[f"{metric}_diff_pts"], row[f"{metric}_diff_ci95_pts"] = paired(
                 by_seed, base, metric
             )
+        row["auc_minimum_detectable_pts"] = minimum_detectable(by_seed, base, "auc")
         print(json.dumps(row))
 
 

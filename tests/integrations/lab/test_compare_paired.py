@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from metactl.integrations.lab.rundir import run_dir_for, write_meta, write_result
 
 SCRIPT = Path(__file__).resolve().parents[3] / "examples" / "compare_paired.py"
@@ -59,6 +61,9 @@ def test_paired_differences_match_a_hand_computation(tmp_path: Path) -> None:
     assert rows["x"]["final_diff_pts"] == 5.0
     assert rows["x"]["final_diff_ci95_pts"] == [round(5 - half, 2), round(5 + half, 2)]
     assert rows["x"]["auc_diff_pts"] == 2.5
+    # AUC differences [2.5, 0, 5]: sd 2.5; (t(0.975, 2) + t(0.80, 2)) * sd / sqrt(3)
+    mdd = (4.302653 + 1.060660) * 2.5 / math.sqrt(3)
+    assert rows["x"]["auc_minimum_detectable_pts"] == pytest.approx(mdd, abs=0.01)
     assert rows["y"]["final_diff_pts"] == round(100 * (-0.1 / 3), 2)
     assert rows["base"]["final_diff_ci95_pts"] == [0.0, 0.0]
 
