@@ -62,15 +62,21 @@ def test_fixed_trains_bit_identically_to_grpo_trainer_with_the_default_config(
     assert any(not torch.equal(start[k], want[k]) for k in start)
 
 
-def autocast_scores(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], temperatures: list[float]
+def policy_scores(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    temperatures: list[float],
+    *,
+    autocast: bool,
 ) -> torch.Tensor:
     """``[N, K]`` mean ``log softmax(z / T_k)[token]`` per rollout, written from the definition,
-    with the logits ``z`` computed under bf16 autocast as training computes them."""
+    with the logits ``z`` of ``model`` as training computes them: under bf16 autocast
+    (``autocast``; accelerate's mixed precision) or in the model's own dtype (DeepSpeed's bf16,
+    which casts the weights)."""
     completion, mask = batch["completion_ids"], batch["completion_mask"].double()
     ids = torch.cat([batch["prompt_ids"], completion], 1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         z = model(input_ids=ids, attention_mask=attention).logits
     z = z[:, -completion.size(1) - 1 : -1].double()
     rows = []
@@ -108,7 +114,7 @@ def test_tampo_trains_with_the_default_config(tokenizer, model, tmp_path):
     assert len(feedback) == len(seen) == 2 and trainer.controller.step == 2
     for fb, (batch, policy, temperature) in zip(feedback, seen, strict=True):
         assert fb.decision.value == temperature
-        want = autocast_scores(policy, batch, fb.decision.virtual.tolist())
+        want = policy_scores(policy, batch, fb.decision.virtual.tolist(), autocast=True)
         got = torch.tensor(fb.loglik)
         assert got.shape == want.shape == (4, 10)
         # the rows in any order (TRL shuffles within a round): match each to its nearest

@@ -26,6 +26,7 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is installed by the zero3 nox
 import torch
 import trl
 from packaging.version import Version
+from test_trl_defaults import policy_scores
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.slow
@@ -74,25 +75,6 @@ def test_fixed_under_zero3_trains_bit_identically_to_grpo_trainer(model_path, tm
     assert any(not torch.equal(start[k].to(torch.bfloat16), want[k]) for k in start)
 
 
-def bf16_scores(
-    policy: torch.nn.Module, batch: dict[str, torch.Tensor], temperatures: list[float]
-) -> torch.Tensor:
-    """``[N, K]`` mean ``log softmax(z / T_k)[token]`` per rollout, written from the definition,
-    with the logits ``z`` of the policy in bf16 weights (DeepSpeed's bf16 casts the model; no
-    autocast)."""
-    completion, mask = batch["completion_ids"], batch["completion_mask"].double()
-    ids = torch.cat([batch["prompt_ids"], completion], 1)
-    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    with torch.no_grad():
-        z = policy(input_ids=ids, attention_mask=attention).logits
-    z = z[:, -completion.size(1) - 1 : -1].double()
-    rows = []
-    for t in temperatures:
-        token = torch.log_softmax(z / t, -1).gather(-1, completion[..., None])[..., 0]
-        rows.append((token * mask).sum(-1) / mask.sum(-1))
-    return torch.stack(rows, -1)
-
-
 def test_tampo_under_zero3_scores_each_round_with_that_rounds_policy(model_path, tmp_path):
     result, out = run(tmp_path, "tampo", model_path)
     assert result["error"] is None and result["steps"] == 2
@@ -103,7 +85,7 @@ def test_tampo_under_zero3_scores_each_round_with_that_rounds_policy(model_path,
         assert all(w.dtype == torch.bfloat16 for w in r["weights"].values())
         policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).eval()
         policy.load_state_dict(r["weights"])
-        want = bf16_scores(policy, r["batch"], r["virtual"])
+        want = policy_scores(policy, r["batch"], r["virtual"], autocast=False)  # bf16 weights
         got = r["loglik"]
         assert got.shape == want.shape == (4, 10)
         nearest = torch.cdist(got, want).argmin(dim=1)  # TRL shuffles rows within a round
